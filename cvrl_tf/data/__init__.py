@@ -1,0 +1,1 @@
+"""Input pipeline: TFRecord/TFDS video -> sampled clips -> temporally consistent augmentation."""
