@@ -1,0 +1,230 @@
+"""Tests for cvrl_tf.steps: replica loss scaling, weight decay, XLA and bfloat16, eval counts."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl_tf.models import CVRLModel, ClassifierModel, build_backbone, projection_head
+from cvrl_tf.models.heads import linear_classifier
+from cvrl_tf.optimizers import build_optimizer, decay_variables
+from cvrl_tf.steps import make_classifier_step, make_eval_step, make_pretrain_step
+
+CLIP = (4, 16, 16, 3)  # T, H, W, C
+
+
+def two_replica_strategy() -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy over the 2 logical CPUs, on collective keys no other instance uses.
+
+    MirroredStrategy instances in one process start their collective keys at the same base and
+    collide ("Collective instance 100 expected type ..."); TF's own tests bump the base too.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    tf.distribute.MirroredStrategy._collective_key_base += 100000  # for whoever comes next
+    return strategy
+
+
+def _tiny_cvrl(sync_bn: bool = False, probe_classes=None) -> CVRLModel:
+    """A width-4, one-block-per-stage R3D-18 with a 1-hidden-layer head: seconds to compile."""
+    backbone = build_backbone(depth=18, base_filters=4, blocks_per_stage=(1, 1, 1, 1),
+                              input_shape=CLIP, sync_bn=sync_bn)
+    head = projection_head(num_hidden=1, hidden_dim=8, output_dim=4, sync_bn=sync_bn)
+    return CVRLModel(backbone, head, probe_classes=probe_classes)
+
+
+def _videos(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(size=(n,) + CLIP).astype(np.float32)
+
+
+def _sgd(model: keras.Model, lr: float = 0.1, momentum: float = 0.9):
+    optimizer = build_optimizer("sgd", lr, momentum=momentum)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+class _StandIn(keras.Model):
+    """Conv3D -> pool -> Dense embedding, plus a probe on the stopped feature; no BN."""
+
+    def __init__(self):
+        super().__init__(name="stand_in")
+        self.conv = keras.layers.Conv3D(4, 3, strides=2, use_bias=False)
+        self.pool = keras.layers.GlobalAveragePooling3D()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.embed = keras.layers.Dense(4)
+        self.probe = keras.layers.Dense(3)
+        self(tf.zeros((2,) + CLIP))
+
+    def call(self, video, training=None):
+        feature = self.pool(self.conv(video))
+        return {"feature": feature, "embedding": self.embed(self.hidden(feature)),
+                "probe_logits": self.probe(tf.stop_gradient(feature))}
+
+
+def _one_vs_two_replicas(make_model, steps: int, lr: float, b: int = 2):
+    """Variables before, after `steps` on 1 replica (2b videos) and on 2 replicas (b each)."""
+    view1, view2 = _videos(2 * b, 0), _videos(2 * b, 1)
+    labels = np.arange(2 * b) % 3
+
+    single = make_model()
+    initial = single.get_weights()
+    single_step = tf.function(make_pretrain_step(single, _sgd(single, lr), 0.1,
+                                                 weight_decay=1e-2))
+    batch = {"video": tf.constant(np.concatenate([view1, view2])),
+             "label": tf.constant(np.concatenate([labels, labels]))}
+    for _ in range(steps):
+        single_metrics = single_step(batch)
+
+    strategy = two_replica_strategy()
+    with strategy.scope():
+        model = make_model()
+        model.set_weights(initial)
+        step = make_pretrain_step(model, _sgd(model, lr), 0.1, weight_decay=1e-2)
+
+    def replica_batch(ctx):  # replica r holds videos r*b..r*b+b-1, both views, in its layout
+        rows = slice(ctx.replica_id_in_sync_group * b, (ctx.replica_id_in_sync_group + 1) * b)
+        return {"video": tf.constant(np.concatenate([view1[rows], view2[rows]])),
+                "label": tf.constant(np.concatenate([labels[rows], labels[rows]]))}
+
+    dist_batch = strategy.experimental_distribute_values_from_function(replica_batch)
+    dist_step = tf.function(lambda x: strategy.run(step, args=(x,)))
+    for _ in range(steps):
+        metrics = dist_step(dist_batch)
+    mean = tf.distribute.ReduceOp.MEAN
+    np.testing.assert_allclose(strategy.reduce(mean, metrics["contrastive_loss"], None),
+                               single_metrics["contrastive_loss"], rtol=1e-4)
+    np.testing.assert_allclose(strategy.reduce(mean, metrics["probe_loss"], None),
+                               single_metrics["probe_loss"], rtol=1e-4)
+    return initial, single.get_weights(), model.get_weights(), [v.path for v in single.weights]
+
+
+def _assert_same_updates(initial, want, got, paths, tolerance):
+    """Updates w - w0 agree to tolerance x each variable's largest update.
+
+    Float32 round-off of w itself (and thread-order sums) is up to ~1e-4 of small updates; a
+    wrong replica scaling is off by 50% or more.
+    """
+    for w0, w_want, w_got, path in zip(initial, want, got, paths):
+        scale = np.abs(w_want - w0).max()
+        assert scale > 0, path
+        np.testing.assert_allclose(w_got - w0, w_want - w0, rtol=0,
+                                   atol=tolerance * scale, err_msg=path)
+
+
+def test_one_replica_batch_2b_equals_two_replicas_batch_b():
+    """Loss / num_replicas + summed gradients: two momentum steps give the same variables."""
+    _assert_same_updates(*_one_vs_two_replicas(_StandIn, steps=2, lr=0.1), tolerance=5e-4)
+
+
+def test_one_vs_two_replicas_with_tiny_r3d_and_sync_bn():
+    """The real model: synchronized BN statistics make the two runs agree (float32 round-off)."""
+    make = lambda: _tiny_cvrl(sync_bn=True, probe_classes=3)  # noqa: E731
+    _assert_same_updates(*_one_vs_two_replicas(make, steps=1, lr=0.01), tolerance=1e-3)
+
+
+def test_weight_decay_is_l2_on_kernels_only():
+    """Plain SGD: with decay, kernels move by an extra -lr * wd * w; BN and biases do not."""
+    lr, wd = 0.1, 0.5
+    model = _tiny_cvrl()
+    initial = model.get_weights()
+    batch = {"video": tf.constant(_videos(4, 2))}
+    make_pretrain_step(model, _sgd(model, lr, momentum=0.0), weight_decay=0.0)(batch)
+    plain = [v.numpy() for v in model.trainable_variables]
+    model.set_weights(initial)
+    before = [v.numpy() for v in model.trainable_variables]
+    metrics = make_pretrain_step(model, _sgd(model, lr, momentum=0.0), weight_decay=wd)(batch)
+    kernels = {id(v) for v in decay_variables(model)}
+    assert len(kernels) >= 6 and len(kernels) < len(model.trainable_variables)
+    for v, w0, w_plain in zip(model.trainable_variables, before, plain):
+        extra = v.numpy() - w_plain
+        want = -lr * wd * w0 if id(v) in kernels else np.zeros_like(w0)
+        np.testing.assert_allclose(extra, want, atol=1e-5, err_msg=v.path)
+    want_term = 0.5 * wd * sum(np.sum(w0 ** 2) for v, w0 in zip(model.trainable_variables, before)
+                               if id(v) in kernels)
+    np.testing.assert_allclose(metrics["weight_decay_loss"], want_term, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], metrics["contrastive_loss"] + want_term, rtol=1e-5)
+
+
+def test_rejects_double_weight_decay_and_odd_batch():
+    model = _tiny_cvrl()
+    with pytest.raises(ValueError, match="set one of them to 0"):
+        make_pretrain_step(model, build_optimizer("lars", 0.1, weight_decay=1e-6),
+                           weight_decay=1e-6)
+    with pytest.raises(ValueError, match="even per-replica batch"):
+        make_pretrain_step(model, _sgd(model))({"video": tf.zeros((3,) + CLIP)})
+    with pytest.raises(ValueError, match="temperature"):
+        make_pretrain_step(model, _sgd(model), temperature=0.0)
+
+
+def test_pretrain_step_compiles_with_xla():
+    """The TPU proxy: forward, loss, backward and update in one jit_compile=True function."""
+    model = _tiny_cvrl(probe_classes=3)
+    before = [v.numpy() for v in model.trainable_variables]
+    step = tf.function(make_pretrain_step(model, _sgd(model), weight_decay=1e-4),
+                       jit_compile=True)
+    metrics = step({"video": tf.constant(_videos(4, 3)), "label": tf.constant([0, 1, -1, 2])})
+    assert np.isfinite(metrics["loss"].numpy())
+    assert 0.0 <= metrics["contrastive_accuracy"].numpy() <= 1.0
+    assert metrics["grad_norm"].numpy() > 0 and metrics["learning_rate"].numpy() == 0.1
+    changed = [not np.allclose(v.numpy(), w0) for v, w0 in zip(model.trainable_variables, before)]
+    assert sum(changed) > len(changed) // 2
+
+
+def test_pretrain_step_under_mixed_bfloat16():
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = _tiny_cvrl()
+        step = tf.function(make_pretrain_step(model, _sgd(model), weight_decay=1e-4))
+        metrics = step({"video": tf.constant(_videos(4, 4))})
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert metrics["loss"].dtype == tf.float32 and np.isfinite(metrics["loss"].numpy())
+    assert model.trainable_variables[0].dtype == "float32"
+
+
+def test_classifier_step_trains_head_only_with_label_smoothing():
+    backbone = build_backbone(depth=18, base_filters=4, blocks_per_stage=(1, 1, 1, 1),
+                              input_shape=CLIP)
+    model = ClassifierModel(backbone, linear_classifier(3), freeze_backbone=True,
+                            l2_normalize=True)
+    video, labels = tf.constant(_videos(4, 5)), tf.constant([0, 2, 1, -1])
+    logits = model(video, training=False)["logits"].numpy()
+    frozen = [v.numpy() for v in backbone.weights]
+    optimizer = build_optimizer("sgd", 1.0)
+    optimizer.build(model.trainable_variables)
+    metrics = make_classifier_step(model, optimizer, label_smoothing=0.1)(
+        {"video": video, "label": labels})
+    targets = np.full((3, 3), 0.1 / 3) + 0.9 * np.eye(3)[[0, 2, 1]]
+    log_p = logits[:3] - np.log(np.exp(logits[:3]).sum(1, keepdims=True))
+    np.testing.assert_allclose(metrics["loss"], -np.mean(np.sum(targets * log_p, 1)), rtol=1e-5)
+    np.testing.assert_allclose(metrics["accuracy"],
+                               np.mean(logits[:3].argmax(1) == [0, 2, 1]), rtol=1e-6)
+    for v, w0 in zip(backbone.weights, frozen):
+        np.testing.assert_array_equal(v.numpy(), w0)
+    assert not np.allclose(model(video, training=False)["logits"].numpy(), logits)
+
+
+class _FixedLogits(keras.Model):
+    """Logits read from the clip's first pixel: eval tests with known predictions."""
+
+    def call(self, video, training=None):
+        return {"logits": video[:, 0, 0, 0, :]}
+
+
+def test_eval_step_counts_single_and_multi_view():
+    rng = np.random.default_rng(6)
+    views = rng.normal(size=(4, 3, 1, 1, 1, 6)).astype(np.float32) * 3
+    labels = np.array([0, 3, 5, -1])
+    counts = make_eval_step(_FixedLogits())({"video": tf.constant(views),
+                                             "label": tf.constant(labels)})
+    probs = np.exp(views[:, :, 0, 0, 0])
+    probs = (probs / probs.sum(-1, keepdims=True)).mean(1)
+    ranks = np.argsort(-probs, axis=1)
+    valid = labels >= 0
+    assert counts["count"].numpy() == 3
+    assert counts["top1_correct"].numpy() == np.sum((ranks[:, 0] == labels)[valid])
+    assert counts["top5_correct"].numpy() == np.sum((ranks[:, :5] == labels[:, None]).any(1)[valid])
+    single = make_eval_step(_FixedLogits())({"video": tf.constant(views[:, 0]),
+                                             "label": tf.constant(labels)})
+    first = np.argmax(views[:, 0, 0, 0, 0], axis=1)
+    assert single["top1_correct"].numpy() == np.sum((first == labels)[valid])
