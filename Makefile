@@ -22,8 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+bench: $(STAMP)  # side-by-side ratios against the Model Garden; minutes, not part of the suite
+	$(BIN)/python -m bench.bench_model
+	$(BIN)/python -m bench.bench_input
 
 clean:
 	rm -rf runs .pytest_cache
