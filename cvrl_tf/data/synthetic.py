@@ -1,0 +1,153 @@
+"""The embedded motion data set: small labelled videos whose class is their MOTION.
+
+Six classes: an object moving right / left / up / down, growing, shrinking. Shape (circle or
+square), colours, size, speed, start point and the noisy, textured background are random in
+every class, and per-frame statistics are made class-independent: motion wraps around the
+frame (a torus) from a uniform start, so the object position in any frame is uniform for every
+class; moving objects take their size from a growing trajectory at a uniformly random frame,
+and growing / shrinking are time reverses of each other, so the size distribution over frames
+is the same for all classes. A single frame therefore cannot tell the class; two frames can.
+
+    python -m cvrl_tf.data.synthetic --output_dir DIR   # train/eval TFRecords + label_map.txt
+"""
+import argparse
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from cvrl_tf.data import schema
+
+CLASS_NAMES = ("moving_right", "moving_left", "moving_up", "moving_down", "growing", "shrinking")
+# Unit direction (dy, dx) per moving class; None for the size-changing classes.
+_DIRECTIONS = {0: (0.0, 1.0), 1: (0.0, -1.0), 2: (-1.0, 0.0), 3: (1.0, 0.0)}
+
+
+def _size_trajectory(rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
+    """Radii of a growing object, [L] increasing linearly from small to large."""
+    r_small = rng.uniform(0.05, 0.09) * size
+    r_large = rng.uniform(0.18, 0.26) * size
+    return np.linspace(r_small, r_large, num_frames)
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple:
+    """A static textured background [size, size, 3] (float) and its mean colour."""
+    color = rng.uniform(0, 255, 3)
+    coarse = rng.normal(0.0, 1.0, (4, 4, 3))
+    texture = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size]
+    amplitude = rng.uniform(5.0, 25.0)
+    return np.clip(color + amplitude * texture, 0, 255), color
+
+
+def sample_trajectory(rng: np.random.Generator, label: int, num_frames: int = 32,
+                      size: int = 48) -> dict:
+    """The object's per-frame centre (y, x on the torus, [L] each) and radius [L] for a class."""
+    if label not in range(len(CLASS_NAMES)):
+        raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label}.")
+    t = np.arange(num_frames, dtype=np.float64)
+    radii = _size_trajectory(rng, num_frames, size)
+    if label == 5:
+        radii = radii[::-1]
+    elif label < 4:  # A moving object keeps the size of a growing one at a random frame.
+        radii = np.full(num_frames, radii[rng.integers(num_frames)])
+    start = rng.uniform(0, size, 2)
+    speed = rng.uniform(0.6, 1.4) if label < 4 else 0.0
+    dy, dx = _DIRECTIONS.get(label, (0.0, 0.0))
+    return {"y": (start[0] + speed * dy * t) % size, "x": (start[1] + speed * dx * t) % size,
+            "radius": radii}
+
+
+def render_video(rng: np.random.Generator, label: int, num_frames: int = 32,
+                 size: int = 48) -> np.ndarray:
+    """One video of class `label`, uint8 [num_frames, size, size, 3]."""
+    path = sample_trajectory(rng, label, num_frames, size)
+    background, bg_color = _background(rng, size)
+    color = rng.uniform(0, 255, 3)
+    while np.abs(color - bg_color).mean() < 70:  # keep the object visible
+        color = rng.uniform(0, 255, 3)
+    square = rng.random() < 0.5
+    grid = np.arange(size, dtype=np.float64) + 0.5
+    # Distances on the torus, so motion wraps around and positions stay uniform.
+    ddy = (grid[None, :, None] - path["y"][:, None, None] + size / 2) % size - size / 2
+    ddx = (grid[None, None, :] - path["x"][:, None, None] + size / 2) % size - size / 2
+    dist = np.maximum(np.abs(ddy), np.abs(ddx)) if square else np.hypot(ddy, ddx)
+    alpha = np.clip(path["radius"][:, None, None] - dist + 0.5, 0.0, 1.0)[..., None]
+    frames = alpha * color + (1.0 - alpha) * background[None]
+    frames += rng.normal(0.0, rng.uniform(3.0, 12.0), frames.shape)
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+
+
+def write_split(output_dir: str, split: str, num_videos: int, num_frames: int, size: int,
+                num_shards: int, seed: int, jpeg_quality: int = 90) -> list[str]:
+    """Writes one split as `<split>-0000i-of-0000N.tfrecord`, classes balanced; returns files."""
+    num_shards = max(1, min(num_shards, num_videos))
+    split_key = sum(split.encode())
+    labels = np.random.default_rng([seed, split_key]).permutation(
+        np.arange(num_videos) % len(CLASS_NAMES))
+    paths = [os.path.join(output_dir, schema.shard_filename(split, i, num_shards))
+             for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    try:
+        for i, label in enumerate(labels):
+            rng = np.random.default_rng([seed, split_key, i])
+            frames = render_video(rng, int(label), num_frames, size)
+            example = schema.make_sequence_example(
+                schema.encode_frames(frames, jpeg_quality), int(label),
+                f"synthetic-{split}-{i:05d}", [CLASS_NAMES[label]])
+            writers[i % num_shards].write(example.SerializeToString())
+    finally:
+        for w in writers:
+            w.close()
+    return paths
+
+
+def write_dataset(output_dir: str, num_train: int = 600, num_eval: int = 300,
+                  num_frames: int = 32, size: int = 48, num_shards: int = 4, seed: int = 0
+                  ) -> dict:
+    """Writes the motion data set (train and eval splits, label_map.txt); deterministic in seed.
+
+    Returns {'train_pattern', 'eval_pattern', 'label_map', 'num_train', 'num_eval',
+    'num_classes', 'class_names', 'num_frames', 'size'}.
+    """
+    if min(num_train, num_eval, num_frames, size, num_shards) < 1:
+        raise ValueError("num_train, num_eval, num_frames, size and num_shards must be >= 1.")
+    if size < 8:
+        raise ValueError(f"size must be at least 8 pixels, got {size}.")
+    tf.io.gfile.makedirs(output_dir)
+    write_split(output_dir, "train", num_train, num_frames, size, num_shards, seed)
+    write_split(output_dir, "eval", num_eval, num_frames, size, num_shards, seed)
+    label_map = schema.label_map_path(output_dir)
+    schema.write_label_map(label_map, CLASS_NAMES)
+    return {
+        "train_pattern": os.path.join(output_dir, "train-*.tfrecord"),
+        "eval_pattern": os.path.join(output_dir, "eval-*.tfrecord"),
+        "label_map": label_map,
+        "num_train": num_train,
+        "num_eval": num_eval,
+        "num_classes": len(CLASS_NAMES),
+        "class_names": list(CLASS_NAMES),
+        "num_frames": num_frames,
+        "size": size,
+    }
+
+
+def main(argv: Optional[list] = None) -> None:
+    """CLI: write the data set and print its summary as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--num_train", type=int, default=600)
+    parser.add_argument("--num_eval", type=int, default=300)
+    parser.add_argument("--num_frames", type=int, default=32)
+    parser.add_argument("--size", type=int, default=48)
+    parser.add_argument("--num_shards", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    info = write_dataset(args.output_dir, args.num_train, args.num_eval, args.num_frames,
+                         args.size, args.num_shards, args.seed)
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()

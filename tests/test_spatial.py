@@ -1,0 +1,173 @@
+"""Temporally consistent spatial augmentation: pieces, consistency, decode-and-crop equality."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl_tf.data import spatial
+
+CROP = 16
+
+
+def _texture(height=24, width=32, seed=0):
+    """A smooth random colour texture (random enough that any crop/flip/jitter shows)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (4, 4, 3)).astype(np.float32)
+    return tf.cast(tf.image.resize(coarse[None], [height, width])[0], tf.uint8).numpy()
+
+
+def _still_clip(num_frames=4):
+    """A clip of identical frames, uint8 [T, H, W, 3]."""
+    return np.stack([_texture()] * num_frames)
+
+
+def _noisy_clip(num_frames=2, size=CROP):
+    """float32 [T, S, S, 3] in [0, 1] with pixel noise, so blurs and flips are visible."""
+    rng = np.random.default_rng(1)
+    return tf.constant(rng.uniform(0.0, 1.0, (num_frames, size, size, 3)), tf.float32)
+
+
+def _all_frames_equal(clip):
+    clip = np.asarray(clip)
+    return all(np.array_equal(clip[0], frame) for frame in clip[1:])
+
+
+def test_augment_clip_shape_range_and_replay():
+    out = spatial.augment_clip(_still_clip(), CROP, view=1, seed=[1, 2])
+    assert out.shape == (4, CROP, CROP, 3) and out.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
+    again = spatial.augment_clip(_still_clip(), CROP, view=1, seed=[1, 2])
+    np.testing.assert_array_equal(out.numpy(), again.numpy())
+    assert spatial.augment_clip(_still_clip(), CROP, view=2).shape == (4, CROP, CROP, 3)
+
+
+def test_same_result_eagerly_in_tf_function_and_in_tf_data_map():
+    clip, seed = _still_clip(), tf.constant([5, 6], tf.int64)
+    eager = spatial.augment_clip(clip, CROP, view=2, seed=seed).numpy()
+    graph = tf.function(lambda c, s: spatial.augment_clip(c, CROP, view=2, seed=s))(clip, seed)
+    mapped = next(iter(tf.data.Dataset.from_tensors((clip, seed)).map(
+        lambda c, s: spatial.augment_clip(c, CROP, view=2, seed=s))))
+    np.testing.assert_allclose(graph.numpy(), eager, atol=1e-5)
+    np.testing.assert_allclose(mapped.numpy(), eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("view", [1, 2])
+def test_consistent_keeps_identical_frames_identical(view):
+    for i in range(4):
+        out = spatial.augment_clip(_still_clip(), CROP, view=view, consistent=True, seed=[i, 9])
+        assert _all_frames_equal(out.numpy())
+
+
+def test_inconsistent_draws_per_frame():
+    outs = [spatial.augment_clip(_still_clip(), CROP, view=1, consistent=False, seed=[i, 9])
+            for i in range(3)]
+    assert not any(_all_frames_equal(o.numpy()) for o in outs)
+    windows = spatial.sample_crop_windows([1, 1], 24, 32, 6, consistent=False).numpy()
+    assert len({tuple(w) for w in windows}) > 1
+    same = spatial.sample_crop_windows([1, 1], 24, 32, 6, consistent=True).numpy()
+    assert len({tuple(w) for w in same}) == 1
+
+
+def test_two_views_get_different_augmentations():
+    v1 = spatial.augment_clip(_still_clip(), CROP, view=1, seed=[1, 0]).numpy()
+    v2 = spatial.augment_clip(_still_clip(), CROP, view=2, seed=[2, 0]).numpy()
+    assert np.abs(v1 - v2).mean() > 1e-3
+
+
+def test_crop_windows_respect_area_and_aspect():
+    seeds = tf.random.stateless_uniform([200, 2], [3, 3], maxval=2**30, dtype=tf.int32)
+    windows = tf.function(lambda x: tf.map_fn(
+        lambda s: spatial.sample_crop_window(s, 60, 80), x))(seeds).numpy()
+    y, x, h, w = windows.T
+    assert np.all(y >= 0) and np.all(x >= 0) and np.all(y + h <= 60) and np.all(x + w <= 80)
+    area = h * w / (60 * 80)
+    assert area.min() >= 0.3 - 0.02 and area.max() <= 1.0
+    assert (w / h).min() >= 0.5 - 0.05 and (w / h).max() <= 2.0 + 0.1
+    assert area.std() > 0.1  # Not stuck on the full-frame fallback.
+
+
+def test_decode_and_crop_equals_crop_after_full_decode():
+    frames = np.stack([_texture(seed=i) for i in range(3)])
+    jpegs = tf.constant([tf.io.encode_jpeg(f).numpy() for f in frames])
+    full = tf.io.decode_jpeg(jpegs[0], channels=3).numpy()
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # Random windows of a 4:2:0 JPEG, borders included.
+        h, w = rng.integers(1, 25), rng.integers(1, 33)
+        y, x = rng.integers(0, 25 - h), rng.integers(0, 33 - w)
+        part = spatial.decode_window(jpegs[0], tf.constant([y, x, h, w])).numpy()
+        np.testing.assert_array_equal(part, full[y:y + h, x:x + w])
+    decoded = tf.stack([tf.io.decode_jpeg(j, channels=3) for j in jpegs])
+    for consistent in (True, False):
+        from_jpeg = spatial.augment_clip(jpegs, CROP, 2, consistent, seed=[4, 2])
+        from_pixels = spatial.augment_clip(decoded, CROP, 2, consistent, seed=[4, 2])
+        np.testing.assert_array_equal(from_jpeg.numpy(), from_pixels.numpy())
+
+
+def test_grayscale_jpeg_decodes_to_three_channels():
+    gray = tf.io.encode_jpeg(_texture()[..., :1])
+    out = spatial.augment_clip(tf.stack([gray, gray]), CROP, view=1, seed=[0, 0])
+    assert out.shape == (2, CROP, CROP, 3)
+
+
+def test_pieces():
+    x = _noisy_clip()
+    np.testing.assert_array_equal(spatial.random_flip(x, [0, 0], prob=1.0).numpy(),
+                                  x.numpy()[:, :, ::-1])
+    np.testing.assert_array_equal(spatial.random_flip(x, [0, 0], prob=0.0).numpy(), x.numpy())
+    gray = spatial.grayscale(x).numpy()
+    assert gray.shape == x.shape and np.allclose(gray[..., 0], gray[..., 2])
+    np.testing.assert_allclose(spatial.solarize(tf.constant([0.2, 0.5, 0.9])).numpy(),
+                               [0.2, 0.5, 0.1], atol=1e-6)
+    # Strength 0 makes every jitter factor 1 and the hue shift 0: the identity.
+    np.testing.assert_allclose(spatial.color_jitter(x, [1, 1], strength=0.0).numpy(), x.numpy(),
+                               atol=1e-5)
+    jittered = spatial.color_jitter(x, [1, 1]).numpy()
+    assert np.abs(jittered - x.numpy()).mean() > 1e-3 and jittered.min() >= 0
+    blurred = spatial.gaussian_blur(x, 1.5, 5).numpy()
+    assert blurred.shape == x.shape
+    inner = (0, slice(3, -3), slice(3, -3))
+    assert blurred[inner].std() < 0.5 * x.numpy()[inner].std()
+    # A constant image stays constant under the normalized blur (away from the zero padding).
+    flat = spatial.gaussian_blur(tf.fill([1, 12, 12, 3], 0.5), 1.0, 5).numpy()
+    np.testing.assert_allclose(flat[0, 3:-3, 3:-3], 0.5, atol=1e-6)
+
+
+def test_contrast_is_around_the_clip_mean():
+    # Two frames of different brightness, values in [0.4, 0.6] so nothing clips.
+    x = 0.4 + 0.2 * _noisy_clip().numpy() * np.array([1.0, 0.5])[:, None, None, None]
+    out = spatial.color_jitter(tf.constant(x, tf.float32), [2, 7], brightness=0.0,
+                               saturation=0.0, hue=0.0).numpy()
+    mean = x.mean(axis=(0, 1, 2))
+    factor = (out - mean) / (x - mean)  # One contrast factor for every pixel of the clip.
+    assert np.ptp(factor[np.abs(x - mean) > 0.02]) < 1e-2 and abs(factor.mean() - 1) > 1e-3
+
+
+def test_view_probabilities_and_switches():
+    clip = _noisy_clip()
+    off = dict(flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0)
+    # View 1 always blurs; with blur and solarize off the chain is the identity.
+    v1 = spatial.augment_frames(clip, view=1, seed=[0, 3], blur_sigma_range=(1.5, 2.0),
+                                **off).numpy()
+    assert np.abs(v1 - clip.numpy()).mean() > 0.05
+    identity = spatial.augment_frames(clip, view=1, seed=[0, 3], blur_prob=0.0, **off).numpy()
+    np.testing.assert_allclose(identity, clip.numpy(), atol=1e-6)
+    # Solarize with p=1 on view 2 (blur off) gives x -> 1 - x above 0.5.
+    sol = spatial.augment_frames(clip, view=2, seed=[0, 3], blur_prob=0.0, solarize_prob=1.0,
+                                 **off).numpy()
+    np.testing.assert_allclose(sol, spatial.solarize(clip).numpy(), atol=1e-6)
+
+
+def test_eval_crop_windows():
+    np.testing.assert_array_equal(spatial.eval_crop_windows(24, 40, 3).numpy(),
+                                  [[0, 0, 24, 24], [0, 8, 24, 24], [0, 16, 24, 24]])
+    np.testing.assert_array_equal(spatial.eval_crop_windows(40, 24, 3).numpy(),
+                                  [[0, 0, 24, 24], [8, 0, 24, 24], [16, 0, 24, 24]])
+    np.testing.assert_array_equal(spatial.eval_crop_windows(24, 40, 1).numpy(), [[0, 8, 24, 24]])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown augmentation arguments"):
+        spatial.augment_clip(_still_clip(), CROP, blur_strength=2.0)
+    with pytest.raises(ValueError, match="view must be 1 or 2"):
+        spatial.augment_clip(_still_clip(), CROP, view=3)
+    with pytest.raises(ValueError, match="uint8 frames"):
+        spatial.augment_clip(np.zeros((2, 8, 8, 3), np.float32), CROP)
