@@ -1,0 +1,156 @@
+"""Export a trained backbone as a TensorFlow SavedModel: clips in, pooled features out.
+
+    python -m cvrl_tf.export --checkpoint gs://BUCKET/runs/EXP --output gs://BUCKET/runs/EXP/export
+
+--checkpoint is a model_dir (its latest checkpoint is used) or one checkpoint prefix
+(model_dir/ckpt-1000). The backbone is rebuilt from model_dir/backbone.json (the
+build_backbone keyword arguments the trainer writes; --backbone_json overrides) and only the
+checkpoint's `backbone` is restored. The SavedModel needs only TensorFlow to load:
+
+    model = tf.saved_model.load(DIR)
+    model.signatures["serving_default"](video=clips)["features"]  # [B, F] float32
+
+Signatures (every one maps `video` [B, T, H, W, 3] to {'features': [B, F] float32}):
+- `serving_float32`: float32 pixels in [0, 1] (what cvrl_tf.data.build_dataset yields).
+- `serving_uint8`: uint8 pixels, scaled to [0, 1] as the input pipeline does (x / 255).
+- `serving_default`: the one picked by --default_signature (float32 unless told otherwise).
+H and W are free; the backbone pools globally. Use the crop size it was trained with.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from cvrl_tf.models import build_backbone
+
+BACKBONE_JSON = "backbone.json"
+METADATA_JSON = "cvrl_tf_export.json"  # Written next to saved_model.pb; loaders ignore it.
+SIGNATURES = ("float32", "uint8")
+_FORCED = {"sync_bn": False, "return_endpoints": False}  # Inference needs neither.
+
+
+def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
+    """(checkpoint prefix, directory holding backbone.json) for a model_dir or a prefix."""
+    if not checkpoint:
+        raise ValueError("--checkpoint is empty; give a model_dir or a checkpoint prefix.")
+    if tf.io.gfile.isdir(checkpoint):
+        prefix = tf.train.latest_checkpoint(checkpoint)
+        if prefix is None:
+            raise FileNotFoundError(f"Model dir {checkpoint} holds no checkpoint (no `checkpoint` "
+                                    "file); train first or pass a checkpoint prefix.")
+        return prefix, checkpoint
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+        raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist: neither a directory "
+                                f"nor a checkpoint prefix ({checkpoint}.index is missing).")
+    return checkpoint, os.path.dirname(checkpoint)
+
+
+def read_backbone_json(path: str) -> dict:
+    """The build_backbone keyword arguments stored in backbone.json."""
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"Backbone config {path} does not exist; the trainer writes it "
+                                "to model_dir, or pass --backbone_json.")
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            kwargs = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Backbone config {path} is not valid JSON ({e}).") from e
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"Backbone config {path} must hold a JSON object of build_backbone "
+                         f"keyword arguments, not {type(kwargs).__name__}.")
+    known = set(inspect.signature(build_backbone).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"Backbone config {path} has keys {unknown} that build_backbone does "
+                         f"not take; it takes {sorted(known)}.")
+    return kwargs
+
+
+def load_backbone(checkpoint: str, backbone_json: str | None = None) -> keras.Model:
+    """Rebuilds the backbone from backbone.json and restores only `backbone` from the checkpoint."""
+    prefix, model_dir = resolve_checkpoint(checkpoint)
+    json_path = backbone_json or os.path.join(model_dir, BACKBONE_JSON)
+    kwargs = read_backbone_json(json_path)
+    # Free time and space (the weights do not depend on them): clips of any length/size.
+    channels = (kwargs.get("input_shape") or [3])[-1]
+    backbone = build_backbone(**{**kwargs, **_FORCED,
+                                 "input_shape": [None, None, None, channels]})
+    try:
+        status = tf.train.Checkpoint(backbone=backbone).restore(prefix).expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:  # Missing variables / wrong shapes.
+        raise ValueError(f"Checkpoint {prefix} holds no backbone matching the config in "
+                         f"{json_path}: {str(e).splitlines()[0][:300]}") from e
+    return backbone
+
+
+def _features_fn(backbone: keras.Model, dtype: tf.DType):
+    """A tf.function video [B, T, H, W, C] of `dtype` -> {'features': [B, F] float32}."""
+    spec = tf.TensorSpec([None, None, None, None, backbone.input_shape[-1]], dtype, name="video")
+
+    @tf.function(input_signature=[spec])
+    def serve(video):
+        if dtype == tf.uint8:  # Same scaling as the input pipeline: x / 255 in float32.
+            video = tf.cast(video, tf.float32) / 255.0
+        features = backbone(video, training=False)
+        return {"features": tf.cast(features, tf.float32)}
+
+    return serve
+
+
+def export_saved_model(backbone: keras.Model, output_dir: str, default_signature: str = "float32",
+                       metadata: dict | None = None) -> dict:
+    """Writes `backbone` as a SavedModel with the float32, uint8 and default signatures."""
+    if default_signature not in SIGNATURES:
+        raise ValueError(f"default_signature={default_signature!r} must be one of {SIGNATURES}.")
+    module = tf.Module()
+    module.backbone = backbone
+    fns = {name: _features_fn(backbone, tf.as_dtype(name)) for name in SIGNATURES}
+    module.serving_float32, module.serving_uint8 = fns["float32"], fns["uint8"]
+    signatures = {f"serving_{name}": fn for name, fn in fns.items()}
+    signatures["serving_default"] = fns[default_signature]
+    tf.saved_model.save(module, output_dir, signatures=signatures)
+    info = dict(metadata or {}, default_signature=default_signature,
+                signatures=sorted(signatures), feature_dim=int(backbone.output_shape[-1]))
+    with tf.io.gfile.GFile(os.path.join(output_dir, METADATA_JSON), "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def export(checkpoint: str, output_dir: str, backbone_json: str | None = None,
+           default_signature: str = "float32") -> dict:
+    """Checkpoint (or model_dir) -> SavedModel in output_dir; returns the export metadata."""
+    prefix, model_dir = resolve_checkpoint(checkpoint)
+    json_path = backbone_json or os.path.join(model_dir, BACKBONE_JSON)
+    backbone = load_backbone(prefix, json_path)
+    return export_saved_model(backbone, output_dir, default_signature, metadata={
+        "checkpoint": prefix, "backbone_config": read_backbone_json(json_path)})
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="model_dir or checkpoint prefix")
+    parser.add_argument("--output", required=True, help="SavedModel directory to write")
+    parser.add_argument("--backbone_json", default=None,
+                        help="build_backbone kwargs (default: backbone.json in model_dir)")
+    parser.add_argument("--default_signature", choices=SIGNATURES, default="float32",
+                        help="input dtype of serving_default (both dtypes are always exported)")
+    args = parser.parse_args(argv)
+    try:
+        info = export(args.checkpoint, args.output, args.backbone_json, args.default_signature)
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"export: error: {e}\n")
+    print(f"Exported {info['checkpoint']} to {args.output}: feature_dim={info['feature_dim']}, "
+          f"signatures {', '.join(info['signatures'])} (default: {args.default_signature}).")
+    return info
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Tests for cvrl_tf.features: TFRecords and raw videos -> averaged clip features (.npz)."""
+import os
+
+import av
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl_tf import export, features
+from cvrl_tf.data import convert, pipeline, schema, synthetic
+from cvrl_tf.models import build_backbone
+
+TINY = {"depth": 50, "base_filters": 4, "blocks_per_stage": [1, 1, 1, 1]}
+CLIP = dict(num_frames=4, stride=2, crop_size=32)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random backbone and its SavedModel."""
+    backbone = build_backbone(**TINY)
+    out = str(tmp_path_factory.mktemp("sm") / "saved_model")
+    export.export_saved_model(backbone, out)
+    return backbone, out
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    return synthetic.write_dataset(data_dir, num_train=2, num_eval=5, num_frames=12, size=40,
+                                   num_shards=2, seed=0)
+
+
+def _reference(backbone, views):
+    return backbone(views, training=False).numpy().mean(axis=0)
+
+
+def test_records_features_average_views_of_build_dataset(model, records, tmp_path):
+    backbone, saved_model = model
+    out = str(tmp_path / "sub" / "eval.npz")
+    features.main(["--saved_model", saved_model, "--input", records["eval_pattern"], "--output",
+                   out, "--num_frames", "4", "--stride", "2", "--crop_size", "32", "--views",
+                   "2x3", "--batch_size", "4"])
+    with np.load(out) as data:
+        ids, labels, feats = data["ids"], data["labels"], data["features"]
+    assert ids.dtype.kind == "U" and len(set(ids)) == 5  # no video dropped by batching
+    assert feats.shape == (5, 128) and feats.dtype == np.float32 and labels.dtype == np.int64
+    ds = pipeline.build_dataset(records["eval_pattern"], "eval", 1, **CLIP, num_temporal_views=2,
+                                num_spatial_views=3, repeat=False, drop_remainder=False)
+    expected = {}
+    for batch in ds:
+        video_id = batch["id"].numpy()[0].decode()
+        assert batch["video"].shape[1] == 6
+        expected[video_id] = (_reference(backbone, batch["video"][0]),
+                              int(batch["label"].numpy()[0]))
+    for video_id, label, feat in zip(ids, labels, feats):
+        np.testing.assert_allclose(feat, expected[video_id][0], rtol=1e-4, atol=1e-5)
+        assert label == expected[video_id][1] >= 0
+
+
+def test_eval_views_match_the_pipeline_eval_mode(records):
+    ds = tf.data.TFRecordDataset(pipeline.resolve_files(records["eval_pattern"])[:1]).take(1)
+    example = schema.parse_sequence_example(next(iter(ds)))
+    frames = tf.map_fn(lambda j: tf.io.decode_jpeg(j, channels=3), example["frames"],
+                       fn_output_signature=tf.uint8).numpy()
+    got = features.eval_views(frames, 4, 2, 32, num_temporal_views=3, num_spatial_views=2)
+    batch = next(iter(pipeline.build_dataset(
+        pipeline.resolve_files(records["eval_pattern"])[:1], "eval", 1, **CLIP,
+        num_temporal_views=3, num_spatial_views=2, repeat=False, drop_remainder=False)))
+    assert batch["id"].numpy()[0] == example["id"].numpy()
+    assert got.shape == (6, 4, 32, 32, 3)
+    np.testing.assert_allclose(got.numpy(), batch["video"][0].numpy(), atol=1e-6)
+
+
+def _write_video(path, frames, fps=10):
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_raw_videos_from_csv(model, tmp_path):
+    backbone, saved_model = model
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, label in enumerate(["walk", "run", "walk"]):
+        frames = np.full((14, 48, 64, 3), 40 * i, np.uint8)
+        color = rng.integers(0, 256, 3, dtype=np.uint8)
+        for t in range(14):  # A square moving right.
+            frames[t, 10:30, 3 * t:3 * t + 20] = color
+        os.makedirs(tmp_path / "videos", exist_ok=True)
+        _write_video(str(tmp_path / "videos" / f"v{i}.mp4"), frames)
+        rows.append(f"videos/v{i}.mp4,{label}")
+    (tmp_path / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "label_map.txt").write_text("run\nwalk\n")
+    out = str(tmp_path / "raw.npz")
+    result = features.main(["--saved_model", saved_model, "--input", str(tmp_path / "list.csv"),
+                            "--output", out, "--label_map", str(tmp_path / "label_map.txt"),
+                            "--num_frames", "4", "--stride", "2", "--crop_size", "32",
+                            "--views", "2x2", "--fps", "10", "--short_side", "40"])
+    with np.load(out) as data:
+        assert list(data["ids"]) == ["v0", "v1", "v2"]
+        assert list(data["labels"]) == [1, 0, 1]
+        np.testing.assert_array_equal(data["features"], result["features"])
+    for i in range(3):
+        decoded = np.stack(list(convert.decode_video(str(tmp_path / "videos" / f"v{i}.mp4"),
+                                                     10.0, 40)))
+        assert decoded.shape[1:] == (40, 53, 3)
+        views = features.eval_views(decoded, 4, 2, 32, 2, 2)
+        np.testing.assert_allclose(result["features"][i], _reference(backbone, views),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_raw_videos_from_class_folders(model, tmp_path):
+    backbone, saved_model = model
+    frames = np.zeros((10, 32, 32, 3), np.uint8)
+    frames[:, 8:24] = np.arange(10, dtype=np.uint8)[:, None, None, None] * 20
+    for label in ("run", "walk"):
+        os.makedirs(tmp_path / "videos" / label)
+        _write_video(str(tmp_path / "videos" / label / f"{label}_1.mp4"), frames)
+    result = features.extract(saved_model, str(tmp_path / "videos"), str(tmp_path / "f.npz"),
+                              num_frames=2, stride=2, crop_size=16, views="1x1",
+                              label_map=str(_label_map(tmp_path)), short_side=None)
+    assert list(result["ids"]) == ["run_1", "walk_1"] and list(result["labels"]) == [0, 1]
+    decoded = np.stack(list(convert.decode_video(str(tmp_path / "videos/run/run_1.mp4"),
+                                                 25.0, None)))
+    views = features.eval_views(decoded, 2, 2, 16, 1, 1)
+    np.testing.assert_allclose(result["features"][0], _reference(backbone, views), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_clear_errors(model, tmp_path):
+    _, saved_model = model
+    with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
+        features.load_feature_fn(str(tmp_path))
+    with pytest.raises(ValueError, match="--views='3y2' must be TEMPORALxSPATIAL"):
+        features.parse_views("3y2")
+    assert features.parse_views("10x3") == (10, 3) and features.parse_views("1") == (1, 1)
+    with pytest.raises(ValueError, match="matches no files"):
+        features.extract(saved_model, str(tmp_path / "none-*.tfrecord"), str(tmp_path / "o.npz"))
+    (tmp_path / "bad.csv").write_text("path,label\nmissing.mp4,walk\n")
+    with pytest.raises(ValueError, match="missing.mp4 .*could not be decoded"):
+        features.extract(saved_model, str(tmp_path / "bad.csv"), str(tmp_path / "o.npz"),
+                         num_frames=2, crop_size=16, views="1x1")
+    with pytest.raises(ValueError, match=r"Labels \['jump'\] are not in the label map"):
+        features._label_indices(["jump"], str(_label_map(tmp_path)))
+
+
+def _label_map(tmp_path):
+    path = tmp_path / "label_map.txt"
+    path.write_text("run\nwalk\n")
+    return path
