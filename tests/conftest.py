@@ -1,12 +1,14 @@
-"""Test set-up: quiet TensorFlow and split the CPU into two logical devices.
+"""Test set-up: quiet TensorFlow, split the CPU into two logical devices, shared fixtures.
 
 Two logical CPUs let MirroredStrategy tests run two replicas on this machine
 (see docs/DESIGN.md). This must happen before TensorFlow initializes devices.
+The `two_replica_strategy` fixture gives each test its own strategy on those two devices.
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
@@ -15,3 +17,16 @@ try:
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # Devices already initialized by an earlier import.
     pass
+
+
+@pytest.fixture
+def two_replica_strategy() -> tf.distribute.MirroredStrategy:
+    """A fresh MirroredStrategy over the 2 logical CPUs, on collective keys no other uses.
+
+    MirroredStrategy instances in one process start their collective keys at the same base and
+    collide ("Collective instance 100 expected type ..."); TF's own tests bump the base too.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    tf.distribute.MirroredStrategy._collective_key_base += 100000  # for whoever comes next
+    return strategy

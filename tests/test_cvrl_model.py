@@ -161,8 +161,8 @@ def test_training_step_compiles_with_xla():
     assert np.isfinite(loss.numpy()) and all(g is not None for g in grads)
 
 
-def test_sync_bn_uses_global_batch_statistics_across_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_sync_bn_uses_global_batch_statistics_across_replicas(two_replica_strategy):
+    strategy = two_replica_strategy
     with strategy.scope():
         model = _cvrl(sync_bn=True)
     clip = _clip(n=4)

@@ -25,23 +25,6 @@ def _numpy_info_nce(z1: np.ndarray, z2: np.ndarray, temperature: float):
     return np.mean(losses), np.mean(hits), np.mean(entropies)
 
 
-def two_replica_strategy() -> tf.distribute.MirroredStrategy:
-    """MirroredStrategy over the 2 logical CPUs, on collective keys no other instance uses.
-
-    MirroredStrategy instances in one process start their collective keys at the same base and
-    collide ("Collective instance 100 expected type ..."); TF's own tests bump the base too.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100000
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    tf.distribute.MirroredStrategy._collective_key_base += 100000  # for whoever comes next
-    return strategy
-
-
-@pytest.fixture(scope="module")
-def strategy():
-    return two_replica_strategy()
-
-
 def test_matches_numpy_formula():
     rng = np.random.default_rng(0)
     z1, z2 = rng.normal(size=(2, 6, 5)).astype(np.float32)
@@ -74,7 +57,8 @@ def test_rejects_bad_arguments():
         info_nce(z, tf.zeros([3, 3]))
 
 
-def test_two_replicas_match_one_device_loss_and_gradients(strategy):
+def test_two_replicas_match_one_device_loss_and_gradients(two_replica_strategy):
+    strategy = two_replica_strategy
     """Replica-mean loss and summed gradients of loss / replicas equal one device's."""
     rng = np.random.default_rng(2)
     n, replicas = 3, strategy.num_replicas_in_sync

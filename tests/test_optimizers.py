@@ -10,18 +10,6 @@ from cvrl_tf.optimizers import (LARS, WarmupCosine, build_optimizer, decay_varia
                                 scaled_learning_rate)
 
 
-def two_replica_strategy() -> tf.distribute.MirroredStrategy:
-    """MirroredStrategy over the 2 logical CPUs, on collective keys no other instance uses.
-
-    MirroredStrategy instances in one process start their collective keys at the same base and
-    collide ("Collective instance 100 expected type ..."); TF's own tests bump the base too.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100000
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    tf.distribute.MirroredStrategy._collective_key_base += 100000  # for whoever comes next
-    return strategy
-
-
 def _numpy_lars(w, grads, lr, momentum, wd, eta, decay, adapt, nesterov=False):
     """LARS with classic momentum written out in NumPy: w after len(grads) steps."""
     w, v = w.astype(np.float64), np.zeros_like(w, dtype=np.float64)
@@ -143,9 +131,9 @@ def test_build_optimizer_names_and_errors():
         build_optimizer("rmsprop", 0.1)
 
 
-def test_lars_under_mirrored_strategy_matches_one_device():
+def test_lars_under_mirrored_strategy_matches_one_device(two_replica_strategy):
     """Built in scope before the first step; each replica's half gradient sums to the whole."""
-    strategy = two_replica_strategy()
+    strategy = two_replica_strategy
     rng = np.random.default_rng(2)
     w0, g = rng.normal(size=(2, 3, 2)).astype(np.float32)
     with strategy.scope():

@@ -237,8 +237,8 @@ def test_tfds_dispatch(monkeypatch):
         build_dataset("tfds:ucf101", "train", 2, T, STRIDE, CROP)
 
 
-def test_works_under_mirrored_strategy(data):
-    strategy = tf.distribute.MirroredStrategy(tf.config.list_logical_devices("CPU")[:2])
+def test_works_under_mirrored_strategy(data, two_replica_strategy):
+    strategy = two_replica_strategy
     dist = strategy.distribute_datasets_from_function(
         lambda ctx: build_dataset(data["train_pattern"], "pretrain", 4, T, STRIDE, CROP, ctx,
                                   seed=0))

@@ -12,18 +12,6 @@ from cvrl_tf.steps import make_classifier_step, make_eval_step, make_pretrain_st
 CLIP = (4, 16, 16, 3)  # T, H, W, C
 
 
-def two_replica_strategy() -> tf.distribute.MirroredStrategy:
-    """MirroredStrategy over the 2 logical CPUs, on collective keys no other instance uses.
-
-    MirroredStrategy instances in one process start their collective keys at the same base and
-    collide ("Collective instance 100 expected type ..."); TF's own tests bump the base too.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100000
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    tf.distribute.MirroredStrategy._collective_key_base += 100000  # for whoever comes next
-    return strategy
-
-
 def _tiny_cvrl(sync_bn: bool = False, probe_classes=None) -> CVRLModel:
     """A width-4, one-block-per-stage R3D-18 with a 1-hidden-layer head: seconds to compile."""
     backbone = build_backbone(depth=18, base_filters=4, blocks_per_stage=(1, 1, 1, 1),
@@ -60,7 +48,7 @@ class _StandIn(keras.Model):
                 "probe_logits": self.probe(tf.stop_gradient(feature))}
 
 
-def _one_vs_two_replicas(make_model, steps: int, lr: float, b: int = 2):
+def _one_vs_two_replicas(strategy, make_model, steps: int, lr: float, b: int = 2):
     """Variables before, after `steps` on 1 replica (2b videos) and on 2 replicas (b each)."""
     view1, view2 = _videos(2 * b, 0), _videos(2 * b, 1)
     labels = np.arange(2 * b) % 3
@@ -74,7 +62,6 @@ def _one_vs_two_replicas(make_model, steps: int, lr: float, b: int = 2):
     for _ in range(steps):
         single_metrics = single_step(batch)
 
-    strategy = two_replica_strategy()
     with strategy.scope():
         model = make_model()
         model.set_weights(initial)
@@ -110,15 +97,17 @@ def _assert_same_updates(initial, want, got, paths, tolerance):
                                    atol=tolerance * scale, err_msg=path)
 
 
-def test_one_replica_batch_2b_equals_two_replicas_batch_b():
+def test_one_replica_batch_2b_equals_two_replicas_batch_b(two_replica_strategy):
     """Loss / num_replicas + summed gradients: two momentum steps give the same variables."""
-    _assert_same_updates(*_one_vs_two_replicas(_StandIn, steps=2, lr=0.1), tolerance=5e-4)
+    _assert_same_updates(*_one_vs_two_replicas(two_replica_strategy, _StandIn, steps=2, lr=0.1),
+                         tolerance=5e-4)
 
 
-def test_one_vs_two_replicas_with_tiny_r3d_and_sync_bn():
+def test_one_vs_two_replicas_with_tiny_r3d_and_sync_bn(two_replica_strategy):
     """The real model: synchronized BN statistics make the two runs agree (float32 round-off)."""
     make = lambda: _tiny_cvrl(sync_bn=True, probe_classes=3)  # noqa: E731
-    _assert_same_updates(*_one_vs_two_replicas(make, steps=1, lr=0.01), tolerance=1e-3)
+    _assert_same_updates(*_one_vs_two_replicas(two_replica_strategy, make, steps=1, lr=0.01),
+                         tolerance=1e-3)
 
 
 def test_weight_decay_is_l2_on_kernels_only():
