@@ -1,0 +1,123 @@
+"""Evaluation for train.py: single-view and multi-view (10x3) top-1/top-5 of checkpoints.
+
+`make_evaluator` builds an orbit evaluator for any model of the job (a ClassifierModel, or a
+CVRLModel's online probe). `run_evaluate` is mode 'evaluate': one checkpoint, or every new
+checkpoint of a directory as it appears (tf.train.checkpoints_iterator).
+"""
+import json
+import os
+from typing import Callable
+
+from absl import logging
+import orbit
+import tensorflow as tf
+
+from cvrl_tf import distribute
+from cvrl_tf import steps
+from cvrl_tf import summaries
+from cvrl_tf import trainer as trainer_lib
+from cvrl_tf.config_check import ConfigError
+
+
+def _logits_model(model) -> Callable:
+    """The model as a function returning {'logits'}: a CVRLModel's probe, else itself."""
+    if getattr(model, "probe", None) is not None:
+        return lambda video, training=False: {
+            "logits": model(video, training=training)["probe_logits"]}
+    return model
+
+
+def make_evaluator(cfg, strategy: tf.distribute.Strategy, builders, model,
+                   views: tuple = (1, 1), prefix: str = "") -> trainer_lib.Evaluator:
+    """An evaluator over cfg.eval_data with views=(temporal, spatial) views per video."""
+    num_frames, stride, crop_size = cfg.eval_clip
+    multiview = views != (1, 1)
+    batch = ((cfg.multiview_batch_size if multiview else 0) or cfg.eval_batch_size
+             or cfg.global_batch_size)
+    # Keep every eval example off TPU; TPUs need static shapes, so they drop the remainder.
+    drop_remainder = isinstance(strategy, tf.distribute.TPUStrategy)
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = builders.dataset(cfg.eval_data, "eval", batch, num_frames, stride, crop_size,
+                                   ctx, num_classes=cfg.num_classes or None,
+                                   num_temporal_views=views[0], num_spatial_views=views[1],
+                                   drop_remainder=drop_remainder)
+        return dataset.map(trainer_lib.drop_strings)
+
+    return trainer_lib.Evaluator(strategy=strategy, dataset_fn=dataset_fn,
+                                 replica_step=steps.make_eval_step(_logits_model(model)),
+                                 prefix=prefix)
+
+
+def _checkpoints(cfg, source: str):
+    """The checkpoint paths to evaluate: one, or each new one in a directory."""
+    if cfg.continuous_eval:
+        if not tf.io.gfile.isdir(source):
+            raise ConfigError(f"run.continuous_eval=True watches a directory, but "
+                              f"run.eval_checkpoint={source!r} is not one.")
+        yield from tf.train.checkpoints_iterator(source, timeout=cfg.eval_timeout)
+        return
+    path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
+    if not path or not tf.io.gfile.glob(path + ".index"):
+        raise ConfigError(f"No checkpoint at run.eval_checkpoint={source!r}; point it to a "
+                          f"model_dir with checkpoints or a ckpt-N prefix.")
+    yield path
+
+
+def _read_results(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "results.json")
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def run_evaluate(cfg, strategy: tf.distribute.Strategy, builders, build_model) -> dict:
+    """Mode 'evaluate': restores each checkpoint and reports single-view (and 10x3) accuracy.
+
+    Checkpoints come from run.eval_checkpoint (default: model_dir). Results go to
+    model_dir/results.json under 'evaluate' (other keys of an existing file are kept) and to
+    TensorBoard in model_dir/eval ('top1', 'top5', 'multiview_top1', 'multiview_top5').
+    Continuous evaluation stops after run.eval_timeout seconds without a new checkpoint, or
+    once a checkpoint at or past run.train_steps (when set) was evaluated.
+    """
+    chief = distribute.is_chief(strategy)
+    with strategy.scope():
+        model = build_model(cfg, builders)
+        step = orbit.utils.create_global_step()
+    checkpoint = tf.train.Checkpoint(backbone=model.backbone, model=model, step=step)
+    evaluators = [make_evaluator(cfg, strategy, builders, model)]
+    if cfg.multiview_eval:
+        evaluators.append(make_evaluator(
+            cfg, strategy, builders, model,
+            views=(cfg.eval_temporal_views, cfg.eval_spatial_views), prefix="multiview_"))
+    eval_dir = os.path.join(cfg.model_dir, "eval") if chief else None
+    controllers = [orbit.Controller(global_step=step, evaluator=e, strategy=strategy,
+                                    eval_summary_dir=eval_dir) for e in evaluators]
+    source = cfg.eval_checkpoint or cfg.model_dir
+    history = []
+    for path in _checkpoints(cfg, source):
+        status = checkpoint.restore(path).expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            raise ConfigError(f"Checkpoint {path} does not hold this run's model (classifier "
+                              f"{cfg.classifier or 'linear'!r}); set run.classifier to the "
+                              f"head it was trained with and the same gin/models file.") from e
+        output = {"checkpoint": path, "global_step": int(step.numpy())}
+        for controller in controllers:
+            output.update(controller.evaluate(cfg.eval_steps))
+        output.pop("steps_per_second", None)
+        logging.info("Evaluated %s: %s", path, output)
+        history.append(output)
+        if cfg.continuous_eval and cfg.train_steps and output["global_step"] >= cfg.train_steps:
+            break
+    if not history:
+        raise ConfigError(f"No checkpoint appeared in {source!r} within run.eval_timeout="
+                          f"{cfg.eval_timeout} s; start training first or raise the timeout.")
+    results = dict(history[-1])
+    if chief:
+        merged = _read_results(cfg.model_dir)
+        merged["evaluate"] = dict(results, history=history)
+        summaries.write_results(cfg.model_dir, merged)
+    return {"mode": "evaluate", "eval": results, "history": history}

@@ -1,0 +1,180 @@
+r"""The cvrl_tf binary: pretrain, linear-evaluate, fine-tune or evaluate, at any scale.
+
+    python -m cvrl_tf.train --gin_file=gin/experiments/demo_pretrain.gin --model_dir=DIR \
+        [--gin_param=run.train_steps=100] [--strategy=default|one_device|mirrored|multi_worker]
+        [--tpu=NAME|local]
+
+gin binds the one root, `run`, and a few registered library functions (build_backbone,
+projection_head, finetune_classifier, build_dataset); library code never reads gin. See
+gin/experiments/ for launchable configs.
+
+Resume order (a restarted job continues where it stopped):
+  1. the latest checkpoint in model_dir (model, optimizer, step), else
+  2. run.warm_start: the backbone only, from a checkpoint prefix or the latest checkpoint of a
+     model dir (linear_eval/finetune start from a pretraining run this way), else
+  3. scratch (random initialization).
+"""
+import logging as std_logging
+import os
+import time
+from typing import Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+import tensorflow as tf
+
+from cvrl_tf import config_check
+from cvrl_tf import distribute
+from cvrl_tf import job
+from cvrl_tf.config_check import ConfigError
+
+# Registrations: the library functions gin may configure (their defaults stay gin-free).
+from cvrl_tf.data import pipeline as _pipeline
+from cvrl_tf import models as _models
+
+build_backbone = gin.external_configurable(_models.build_backbone, module="cvrl_tf.models")
+projection_head = gin.external_configurable(_models.projection_head, module="cvrl_tf.models")
+finetune_classifier = gin.external_configurable(_models.finetune_classifier,
+                                                module="cvrl_tf.models")
+build_dataset = gin.external_configurable(_pipeline.build_dataset, module="cvrl_tf.data")
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+@gin.configurable
+def run(*,
+        mode: str,
+        model_dir: str,
+        strategy: Optional[tf.distribute.Strategy] = None,
+        train_data: str = "",
+        eval_data: str = "",
+        num_classes: int = 0,
+        global_batch_size: int = 64,
+        eval_batch_size: int = 0,
+        multiview_batch_size: int = 0,
+        train_steps: int = 0,
+        train_epochs: float = 0.0,
+        num_train_examples: int = 0,
+        num_frames: int = 16,
+        stride: int = 2,
+        crop_size: int = 224,
+        eval_num_frames: int = 0,
+        eval_stride: int = 0,
+        eval_crop_size: int = 0,
+        eval_temporal_views: int = 10,
+        eval_spatial_views: int = 3,
+        min_video_frames: int = 0,
+        optimizer: str = "sgd",
+        base_lr: float = 0.32,
+        lr_scaling: str = "linear",
+        lr_reference_batch: int = 1024,
+        momentum: float = 0.9,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.0,
+        temperature: float = 0.1,
+        online_probe: bool = True,
+        classifier: str = "",
+        steps_per_loop: int = 100,
+        checkpoint_interval: int = 1000,
+        max_checkpoints: int = 5,
+        eval_interval: int = 0,
+        eval_steps: int = -1,
+        multiview_eval: bool = True,
+        eval_checkpoint: str = "",
+        continuous_eval: bool = False,
+        eval_timeout: float = 3600.0,
+        warm_start: str = "",
+        jit_compile: Optional[bool] = None,
+        mixed_precision: bool = False,
+        seed: Optional[int] = None,
+        image_summaries: bool = True) -> dict:
+    """Runs one job (`mode`: pretrain, linear_eval, finetune or evaluate); returns results.
+
+    Data: `train_data`/`eval_data` are TFRecord globs (or 'tfds:<name>/<config>/<split>');
+    clips are `num_frames` at `stride`, cropped to `crop_size` (eval_* default to these).
+    Length: `train_steps`, or `train_epochs` x `num_train_examples` / `global_batch_size`.
+    Learning rate: `base_lr` for `lr_reference_batch` videos, scaled linearly to the global
+    batch when `lr_scaling='linear'`; warmup then cosine to 0. `weight_decay` acts on conv and
+    dense kernels only. `classifier` ('linear', 'finetune' or 'probe') picks the head to
+    evaluate in mode 'evaluate' (default: 'linear'). `jit_compile=None` means on for TPU only.
+    Writes checkpoints, backbone.json, config.gin, TensorBoard events (train/, eval/) and
+    results.json to model_dir; returns the results dict.
+    """
+    settings = dict(locals())
+    config_check.check_required(settings, gin.REQUIRED)
+    cfg = job.JobConfig(**{k: v for k, v in settings.items() if k != "strategy"})
+    builders = job.Builders(backbone=build_backbone, projection_head=projection_head,
+                            finetune_classifier=finetune_classifier, dataset=build_dataset,
+                            config_str=_config_str)
+    return job.run_job(cfg, strategy=strategy or tf.distribute.get_strategy(),
+                       builders=builders)
+
+
+def _config_str() -> str:
+    """The operative gin config (what was actually used), else the parsed one."""
+    return gin.operative_config_str() or gin.config_str()
+
+
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = ()) -> None:
+    """Parses gin files and bindings (unknown names refused); paths may be relative to gin/."""
+    gin.clear_config()
+    gin.add_config_file_search_path(GIN_DIR)
+    gin.add_config_file_search_path(os.path.dirname(GIN_DIR))
+    root_logger = std_logging.getLogger()
+    root_logger.addFilter(_quiet_gin_search)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
+                                            skip_unknown=False, finalize_config=False)
+    except (ValueError, IOError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [repr(e)]
+        where = f" at `{lines[-1]}`" if len(lines) > 2 else ""
+        raise ConfigError(f"Bad gin config: {lines[0].rstrip('.')}{where}; fix the name or value "
+                          f"(bindings target run() in cvrl_tf/train.py and the registered "
+                          f"cvrl_tf.models / cvrl_tf.data functions).") from e
+    finally:
+        root_logger.removeFilter(_quiet_gin_search)
+
+
+def _quiet_gin_search(record: std_logging.LogRecord) -> bool:
+    """Drops gin's 'Path not found' errors for search-path locations it merely tried."""
+    return not str(record.msg).startswith("Path not found")
+
+
+def run_with_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (),
+                 strategy: Optional[tf.distribute.Strategy] = None,
+                 model_dir: Optional[str] = None) -> dict:
+    """Parses the config and calls `run` in this process (used by demo.py and tests)."""
+    parse_gin(gin_files, gin_params)
+    kwargs = {"strategy": strategy}
+    if model_dir is not None:
+        kwargs["model_dir"] = model_dir
+    return run(**kwargs)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "gin config files (repeatable; relative to gin/ ok).")
+flags.DEFINE_multi_string("gin_param", [], "gin bindings, e.g. run.train_steps=100 (repeatable).")
+flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and results go.")
+flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES[:-1]),
+                  "tf.distribute strategy when --tpu is not given.")
+flags.DEFINE_string("tpu", None, "Cloud TPU name, or 'local' on a TPU VM: uses TPUStrategy.")
+
+
+def main(argv: Sequence[str]) -> None:
+    """Parses flags and gin, builds the strategy, runs the job."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.gin_file:
+        raise app.UsageError("Pass --gin_file (e.g. gin/experiments/demo_pretrain.gin).")
+    start = time.time()
+    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    results = run_with_gin(FLAGS.gin_file, FLAGS.gin_param, strategy=strategy,
+                           model_dir=FLAGS.model_dir)
+    logging.info("Finished in %.1f s: %s", time.time() - start, results.get("eval", {}))
+
+
+if __name__ == "__main__":
+    app.run(main)
