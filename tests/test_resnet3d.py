@@ -137,10 +137,21 @@ def test_batch_norm_settings_and_sync_flag():
     (dict(blocks_per_stage=(1, 2, 1, 1), temporal_kernels=(1, [3], 3, 3)),
      r"temporal_kernels\[1\]"),
     (dict(input_shape=(32, 32, 3)), "input_shape"),
+    (dict(spatial_strides=(1, 2, 2)), "spatial_strides"),
+    (dict(spatial_strides=(1, 3, 2, 2)), "spatial_strides"),
 ])
 def test_bad_arguments_raise_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_backbone(**{"base_filters": 4, **kwargs})
+
+
+def test_spatial_strides_set_the_stage_resolutions():
+    clip = _clip()  # 8x32x32: the stem and its pool give 4x8x8.
+    default = build_backbone(50, return_endpoints=True, **TINY)(clip)
+    assert [default[f"res{i}"].shape[2] for i in range(2, 6)] == [8, 4, 2, 1]
+    kept = build_backbone(50, return_endpoints=True, spatial_strides=(1, 1, 1, 1), **TINY)
+    assert [kept(clip)[f"res{i}"].shape[2] for i in range(2, 6)] == [8, 8, 8, 8]
+    assert kept.get_config()["spatial_strides"] == [1, 1, 1, 1]
 
 
 def test_config_round_trip_rebuilds_the_same_network():

@@ -96,8 +96,13 @@ def _stage_kernels(temporal_kernels: Any, blocks: Sequence[int]) -> list:
     return per_block
 
 
+# Spatial stride of the first block of res2..res5 (SPEC.md: 2 in res3..res5).
+DEFAULT_SPATIAL_STRIDES = (1, 2, 2, 2)
+
+
 def _validate(depth: int, width_multiplier: int, stem: str, base_filters: int,
-              blocks_per_stage: Optional[Sequence[int]], input_shape: Sequence) -> None:
+              blocks_per_stage: Optional[Sequence[int]], input_shape: Sequence,
+              spatial_strides: Sequence[int] = DEFAULT_SPATIAL_STRIDES) -> None:
     """Raises one clear ValueError for a bad argument."""
     if depth not in DEPTHS:
         raise ValueError(f"Unknown depth {depth!r}; use one of {sorted(DEPTHS)}.")
@@ -113,6 +118,9 @@ def _validate(depth: int, width_multiplier: int, stem: str, base_filters: int,
             or not all(isinstance(b, int) and b >= 1 for b in blocks_per_stage)):
         raise ValueError(
             f"blocks_per_stage={blocks_per_stage!r} must be 4 positive ints, e.g. (1, 1, 1, 1).")
+    if len(spatial_strides) != 4 or not all(s in (1, 2) for s in spatial_strides):
+        raise ValueError(f"spatial_strides={spatial_strides!r} must be 4 values of 1 or 2 "
+                         f"(res2..res5), e.g. {DEFAULT_SPATIAL_STRIDES}.")
     if len(input_shape) != 4:
         raise ValueError(
             f"input_shape={input_shape!r} must be (T, H, W, C) without the batch dimension.")
@@ -128,8 +136,11 @@ class ResNet3D(keras.Model):
                  bn_momentum: float = 0.9, bn_epsilon: float = 1e-5, sync_bn: bool = False,
                  return_endpoints: bool = False, base_filters: int = 64,
                  blocks_per_stage: Optional[Sequence[int]] = None,
+                 spatial_strides: Sequence[int] = DEFAULT_SPATIAL_STRIDES,
                  name: Optional[str] = None, **kwargs):
-        _validate(depth, width_multiplier, stem, base_filters, blocks_per_stage, input_shape)
+        spatial_strides = tuple(spatial_strides)
+        _validate(depth, width_multiplier, stem, base_filters, blocks_per_stage, input_shape,
+                  spatial_strides)
         block_type, default_blocks = DEPTHS[depth]
         blocks = tuple(blocks_per_stage) if blocks_per_stage is not None else default_blocks
         kernels = _stage_kernels(temporal_kernels, blocks)
@@ -146,7 +157,7 @@ class ResNet3D(keras.Model):
         endpoints = {}
         for stage, stage_name in enumerate(STAGE_NAMES):
             for b in range(blocks[stage]):
-                stride = 2 if stage > 0 and b == 0 else 1
+                stride = spatial_strides[stage] if b == 0 else 1
                 x = block_fn(x, filters * 2 ** stage, kernels[stage][b], stride, cfg,
                              f"{stage_name}_block{b + 1}")
             endpoints[stage_name] = x
@@ -163,6 +174,7 @@ class ResNet3D(keras.Model):
             "bn_momentum": bn_momentum, "bn_epsilon": bn_epsilon, "sync_bn": sync_bn,
             "return_endpoints": return_endpoints, "base_filters": base_filters,
             "blocks_per_stage": None if blocks_per_stage is None else list(blocks_per_stage),
+            "spatial_strides": list(spatial_strides),
         }
         self.feature_dim = int(pooled.shape[-1])
 
@@ -183,6 +195,7 @@ def build_backbone(depth: int = 50, width_multiplier: int = 1,
                    bn_momentum: float = 0.9, bn_epsilon: float = 1e-5, sync_bn: bool = False,
                    return_endpoints: bool = False, base_filters: int = 64,
                    blocks_per_stage: Optional[Sequence[int]] = None,
+                   spatial_strides: Sequence[int] = DEFAULT_SPATIAL_STRIDES,
                    name: Optional[str] = None) -> ResNet3D:
     """Builds a 3D ResNet mapping [B, T, H, W, C] to the pooled float32 feature.
 
@@ -190,8 +203,11 @@ def build_backbone(depth: int = 50, width_multiplier: int = 1,
     18/34) with base_filters=64. `return_endpoints=True` returns a dict with 'res2'..'res5'
     and 'pooled'. `base_filters` and `blocks_per_stage` override the depth's defaults for tiny
     variants; `temporal_kernels` holds 4 entries (res2..res5), each an int or one int per block.
+    `spatial_strides` are the strides of res2..res5; (1, 1, 1, 1) keeps small inputs (e.g. the
+    demo's 32x32 clips) at 8x8 to the end, so pooling stays translation invariant.
     """
     return ResNet3D(depth=depth, width_multiplier=width_multiplier, input_shape=input_shape,
                     stem=stem, temporal_kernels=temporal_kernels, bn_momentum=bn_momentum,
                     bn_epsilon=bn_epsilon, sync_bn=sync_bn, return_endpoints=return_endpoints,
-                    base_filters=base_filters, blocks_per_stage=blocks_per_stage, name=name)
+                    base_filters=base_filters, blocks_per_stage=blocks_per_stage,
+                    spatial_strides=spatial_strides, name=name)
