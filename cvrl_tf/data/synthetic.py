@@ -27,8 +27,8 @@ _DIRECTIONS = {0: (0.0, 1.0), 1: (0.0, -1.0), 2: (-1.0, 0.0), 3: (1.0, 0.0)}
 
 def _size_trajectory(rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
     """Radii of a growing object, [L] increasing linearly from small to large."""
-    r_small = rng.uniform(0.05, 0.09) * size
-    r_large = rng.uniform(0.18, 0.26) * size
+    r_small = rng.uniform(0.075, 0.135) * size
+    r_large = rng.uniform(0.27, 0.39) * size
     return np.linspace(r_small, r_large, num_frames)
 
 
@@ -53,7 +53,7 @@ def sample_trajectory(rng: np.random.Generator, label: int, num_frames: int = 32
     elif label < 4:  # A moving object keeps the size of a growing one at a random frame.
         radii = np.full(num_frames, radii[rng.integers(num_frames)])
     start = rng.uniform(0, size, 2)
-    speed = rng.uniform(0.6, 1.4) if label < 4 else 0.0
+    speed = rng.uniform(1.2, 2.8) if label < 4 else 0.0
     dy, dx = _DIRECTIONS.get(label, (0.0, 0.0))
     return {"y": (start[0] + speed * dy * t) % size, "x": (start[1] + speed * dx * t) % size,
             "radius": radii}
