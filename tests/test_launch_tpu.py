@@ -6,7 +6,7 @@ import pytest
 from cvrl_tf import launch_tpu
 
 REPO = "https://github.com/example/cvrl_tf.git"
-GIN = "gin/experiments/k400_r3d50_pretrain.gin"
+GIN = "gin/experiments/r3d50_k400_pretrain_200ep.gin"
 
 
 def _run(capsys, *extra):
