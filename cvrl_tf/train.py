@@ -118,8 +118,30 @@ def _config_str() -> str:
     return gin.operative_config_str() or gin.config_str()
 
 
+def _safe_package_lookup(exists_fn):
+    """Wraps gin's Python-package lookup of a config path so that a crash means 'not found'.
+
+    gin also tries an include such as 'runs/pretrain.gin' as package 'runs' + file; a plain
+    folder of that name in the working directory (e.g. the demo's ./runs) is a namespace
+    package without a file, and gin's check raises TypeError instead of moving on to gin/.
+    """
+    if getattr(exists_fn, "cvrl_tf_safe", False):
+        return exists_fn
+
+    def exists(path: str) -> bool:
+        try:
+            return exists_fn(path)
+        except TypeError:
+            return False
+
+    exists.cvrl_tf_safe = True
+    return exists
+
+
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = ()) -> None:
     """Parses gin files and bindings (unknown names refused); paths may be relative to gin/."""
+    gin.config._FILE_READERS[:] = [  # pylint: disable=protected-access
+        (reader, _safe_package_lookup(exists)) for reader, exists in gin.config._FILE_READERS]
     gin.clear_config()
     gin.add_config_file_search_path(GIN_DIR)
     gin.add_config_file_search_path(os.path.dirname(GIN_DIR))

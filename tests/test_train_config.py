@@ -93,3 +93,14 @@ def test_warm_start_architecture_mismatch_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="base_filters=64 but this run builds base_filters=16"):
         config_check.check_warm_start_architecture(str(tmp_path),
                                                    {"depth": 50, "base_filters": 16})
+
+
+def test_gin_includes_resolve_next_to_a_folder_named_like_a_gin_layer(tmp_path, monkeypatch):
+    # `make demo` writes ./runs/demo and `python -m` puts the working directory on sys.path,
+    # where ./runs is a namespace package; gin must still find the include 'runs/pretrain.gin'.
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    train.parse_gin(["experiments/demo_pretrain.gin"])
+    assert gin.query_parameter("run.mode") == "pretrain"
+    gin.clear_config()
