@@ -39,7 +39,17 @@ CLASSIFIER_METRICS = ("loss", "classification_loss", "accuracy", "weight_decay_l
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    """The settings of one run; train.run documents them (same names)."""
+    """The settings of one run; gin binds them as `run.<field>` (train.run's signature is
+    built from these fields, so names and defaults live here only).
+
+    Data: `train_data`/`eval_data` are TFRecord globs (or 'tfds:<name>/<config>/<split>');
+    clips are `num_frames` at `stride`, cropped to `crop_size` (eval_* default to these).
+    Length: `train_steps`, or `train_epochs` x `num_train_examples` / `global_batch_size`.
+    Learning rate: `base_lr` for `lr_reference_batch` videos, scaled linearly to the global
+    batch when `lr_scaling='linear'`; warmup then cosine to 0. `weight_decay` acts on conv and
+    dense kernels only. `classifier` ('linear', 'finetune' or 'probe') picks the head to
+    evaluate in mode 'evaluate' (default: 'linear'). `jit_compile=None` means on for TPU only.
+    """
     mode: str
     model_dir: str
     train_data: str = ""

@@ -14,6 +14,8 @@ Resume order (a restarted job continues where it stopped):
      model dir (linear_eval/finetune start from a pretraining run this way), else
   3. scratch (random initialization).
 """
+import dataclasses
+import inspect
 import logging as std_logging
 import os
 import time
@@ -43,74 +45,37 @@ build_dataset = gin.external_configurable(_pipeline.build_dataset, module="cvrl_
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
 
-@gin.configurable
-def run(*,
-        mode: str,
-        model_dir: str,
-        strategy: Optional[tf.distribute.Strategy] = None,
-        train_data: str = "",
-        eval_data: str = "",
-        num_classes: int = 0,
-        global_batch_size: int = 64,
-        eval_batch_size: int = 0,
-        multiview_batch_size: int = 0,
-        train_steps: int = 0,
-        train_epochs: float = 0.0,
-        num_train_examples: int = 0,
-        num_frames: int = 16,
-        stride: int = 2,
-        crop_size: int = 224,
-        eval_num_frames: int = 0,
-        eval_stride: int = 0,
-        eval_crop_size: int = 0,
-        eval_temporal_views: int = 10,
-        eval_spatial_views: int = 3,
-        min_video_frames: int = 0,
-        optimizer: str = "sgd",
-        base_lr: float = 0.32,
-        lr_scaling: str = "linear",
-        lr_reference_batch: int = 1024,
-        momentum: float = 0.9,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.0,
-        temperature: float = 0.1,
-        online_probe: bool = True,
-        classifier: str = "",
-        steps_per_loop: int = 100,
-        checkpoint_interval: int = 1000,
-        max_checkpoints: int = 5,
-        eval_interval: int = 0,
-        eval_steps: int = -1,
-        multiview_eval: bool = True,
-        eval_checkpoint: str = "",
-        continuous_eval: bool = False,
-        eval_timeout: float = 3600.0,
-        warm_start: str = "",
-        jit_compile: Optional[bool] = None,
-        mixed_precision: bool = False,
-        seed: Optional[int] = None,
-        image_summaries: bool = True) -> dict:
+def _run(*, strategy: Optional[tf.distribute.Strategy] = None, **settings) -> dict:
     """Runs one job (`mode`: pretrain, linear_eval, finetune or evaluate); returns results.
 
-    Data: `train_data`/`eval_data` are TFRecord globs (or 'tfds:<name>/<config>/<split>');
-    clips are `num_frames` at `stride`, cropped to `crop_size` (eval_* default to these).
-    Length: `train_steps`, or `train_epochs` x `num_train_examples` / `global_batch_size`.
-    Learning rate: `base_lr` for `lr_reference_batch` videos, scaled linearly to the global
-    batch when `lr_scaling='linear'`; warmup then cosine to 0. `weight_decay` acts on conv and
-    dense kernels only. `classifier` ('linear', 'finetune' or 'probe') picks the head to
-    evaluate in mode 'evaluate' (default: 'linear'). `jit_compile=None` means on for TPU only.
-    Writes checkpoints, backbone.json, config.gin, TensorBoard events (train/, eval/) and
-    results.json to model_dir; returns the results dict.
+    The settings are the fields of `job.JobConfig` (documented there), under the same names
+    and defaults: `run.<field>` in gin. Writes checkpoints, backbone.json, config.gin,
+    TensorBoard events (train/, eval/) and results.json to model_dir; returns the results dict.
     """
-    settings = dict(locals())
     config_check.check_required(settings, gin.REQUIRED)
-    cfg = job.JobConfig(**{k: v for k, v in settings.items() if k != "strategy"})
+    cfg = job.JobConfig(**settings)
     builders = job.Builders(backbone=build_backbone, projection_head=projection_head,
                             finetune_classifier=finetune_classifier, dataset=build_dataset,
                             config_str=_config_str)
     return job.run_job(cfg, strategy=strategy or tf.distribute.get_strategy(),
                        builders=builders)
+
+
+def _signature_from(config_cls, **extra: inspect.Parameter) -> inspect.Signature:
+    """Keyword-only parameters named, typed and defaulted as a dataclass's fields, plus extra.
+
+    gin reads a configurable's parameters from its signature, so `run` gets its bindable
+    names and defaults from JobConfig: one source of truth, no copy to drift."""
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                                default=(inspect.Parameter.empty
+                                         if f.default is dataclasses.MISSING else f.default))
+              for f in dataclasses.fields(config_cls)]
+    return inspect.Signature(params + list(extra.values()), return_annotation=dict)
+
+
+_run.__signature__ = _signature_from(job.JobConfig, strategy=inspect.Parameter(
+    "strategy", inspect.Parameter.KEYWORD_ONLY, default=None))
+run = gin.configurable("run")(_run)
 
 
 def _config_str() -> str:

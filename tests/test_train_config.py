@@ -1,5 +1,6 @@
 """The start-up config check: refusals and warnings, one sentence naming the fix."""
 import dataclasses
+import inspect
 
 import gin
 import pytest
@@ -78,6 +79,22 @@ def test_unknown_gin_binding_is_refused_clearly():
         train.parse_gin(["experiments/demo_pretrain.gin"], ["run.learning_rate = 1.0"])
     with pytest.raises(ConfigError, match="Unable to open file: experiments/nope.gin"):
         train.parse_gin(["experiments/nope.gin"])
+
+
+def test_run_binds_exactly_the_job_config_fields(monkeypatch, tmp_path):
+    """run's gin parameters are JobConfig's fields (same defaults), and bindings reach the job."""
+    train.parse_gin(["experiments/demo_pretrain.gin"], ["run.seed = 7", "run.max_checkpoints = 2"])
+    seen = {}
+    monkeypatch.setattr(job, "run_job", lambda cfg, **_: seen.setdefault("cfg", cfg))
+    cfg = train.run(model_dir=str(tmp_path))
+    gin.clear_config()
+    assert (cfg.seed, cfg.max_checkpoints, cfg.model_dir) == (7, 2, str(tmp_path))
+    bindable = gin.config._REGISTRY.get_match("run").wrapped  # pylint: disable=protected-access
+    params = inspect.signature(bindable).parameters
+    fields = {f.name: inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+              for f in dataclasses.fields(job.JobConfig)}
+    assert set(params) == set(fields) | {"strategy"}
+    assert {k: p.default for k, p in params.items() if k in fields} == fields
 
 
 def test_unset_required_macro_is_refused(tmp_path):
