@@ -119,7 +119,8 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = ()) -> None:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [repr(e)]
         where = f" at `{lines[-1]}`" if len(lines) > 2 else ""
         raise ConfigError(f"Bad gin config: {lines[0].rstrip('.')}{where}; fix the name or value "
-                          f"(bindings target run() in cvrl_tf/train.py and the registered "
+                          f"(bindings target run, whose parameters are the fields of "
+                          f"cvrl_tf.job.JobConfig, and the registered "
                           f"cvrl_tf.models / cvrl_tf.data functions).") from e
     finally:
         root_logger.removeFilter(_quiet_gin_search)
