@@ -5,7 +5,11 @@ setuptools.setup(
     name="cvrl_tf",
     version="0.1.0",
     description="CVRL (Qian et al., CVPR 2021) for tf.distribute: CPU, GPU, multi-host, Cloud TPU.",
-    packages=setuptools.find_packages(include=["cvrl_tf", "cvrl_tf.*"]),
+    packages=setuptools.find_packages(include=["cvrl_tf", "cvrl_tf.*"]) + ["cvrl_tf.gin"],
+    # The gin configs (gin/ in the repository) ship inside the package as cvrl_tf/gin, so a
+    # non-editable install still resolves --gin_file=experiments/... and their includes.
+    package_dir={"cvrl_tf.gin": "gin"},
+    package_data={"cvrl_tf.gin": ["*/*.gin"]},
     python_requires=">=3.10,<3.13",
     install_requires=[
         "tensorflow~=2.20.0",

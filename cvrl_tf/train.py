@@ -42,7 +42,16 @@ finetune_classifier = gin.external_configurable(_models.finetune_classifier,
                                                 module="cvrl_tf.models")
 build_dataset = gin.external_configurable(_pipeline.build_dataset, module="cvrl_tf.data")
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+def _gin_dir() -> str:
+    """gin/ of the source tree (editable install), else the copy installed as cvrl_tf/gin."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    source_tree = os.path.join(os.path.dirname(package_dir), "gin")
+    if os.path.isdir(os.path.join(source_tree, "experiments")):
+        return source_tree
+    return os.path.join(package_dir, "gin")
+
+
+GIN_DIR = _gin_dir()
 
 
 def _run(*, strategy: Optional[tf.distribute.Strategy] = None, **settings) -> dict:
