@@ -1,4 +1,5 @@
 """Tests for cvrl_tf.data.tfds_source on mocked TFDS data (nothing is downloaded)."""
+import sys
 from unittest import mock
 
 import pytest
@@ -98,3 +99,12 @@ def test_unknown_data_set_is_one_clear_error():
         assert "no_such_video_set_xyz" in str(e) and "not available" in str(e)
     else:
         raise AssertionError("expected a ValueError")
+
+
+def test_tfds_pattern_without_a_working_tfds_install_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cvrl_tf.data.tfds_source", None)  # import now fails
+    monkeypatch.delattr(sys.modules["cvrl_tf.data"], "tfds_source")
+    with pytest.raises(ValueError, match=r"'tfds:ucf101/ucf101_1_256/train' needs "
+                                         r"cvrl_tf.data.tfds_source, which could not be imported"):
+        pipeline.build_dataset("tfds:ucf101/ucf101_1_256/train", "train", global_batch_size=2,
+                               num_frames=2, stride=1, crop_size=8)
