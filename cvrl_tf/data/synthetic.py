@@ -1,12 +1,16 @@
 """The embedded motion data set: small labelled videos whose class is their MOTION.
 
 Six classes: an object moving right / left / up / down, growing, shrinking. Shape (circle or
-square), colours, size, speed, start point and the noisy, textured background are random in
-every class, and per-frame statistics are made class-independent: motion wraps around the
+square), grey levels, size, speed, start point and the noisy, faintly textured background are
+random in every class, and per-frame statistics are made class-independent: motion wraps around the
 frame (a torus) from a uniform start, so the object position in any frame is uniform for every
 class; moving objects take their size from a growing trajectory at a uniformly random frame,
 and growing / shrinking are time reverses of each other, so the size distribution over frames
 is the same for all classes. A single frame therefore cannot tell the class; two frames can.
+The videos are grey on purpose: with a random colour per background and object, two clips of
+one video were told apart from other videos by colour alone, and CVRL pretraining of the
+demo's tiny R3D learned motion only in some runs (docs/DESIGN.md); with grey levels, what two
+clips of a video share is mostly their motion, which is what the demo is meant to show.
 
     python -m cvrl_tf.data.synthetic --output_dir DIR   # train/eval TFRecords + label_map.txt
 """
@@ -33,12 +37,12 @@ def _size_trajectory(rng: np.random.Generator, num_frames: int, size: int) -> np
 
 
 def _background(rng: np.random.Generator, size: int) -> tuple:
-    """A static textured background [size, size, 3] (float) and its mean colour."""
-    color = rng.uniform(0, 255, 3)
-    coarse = rng.normal(0.0, 1.0, (4, 4, 3))
+    """A static, faintly textured grey background [size, size, 3] (float) and its grey level."""
+    level = rng.uniform(30.0, 225.0)
+    coarse = rng.normal(0.0, 1.0, (4, 4, 1))
     texture = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size]
-    amplitude = rng.uniform(5.0, 25.0)
-    return np.clip(color + amplitude * texture, 0, 255), color
+    amplitude = rng.uniform(2.0, 8.0)
+    return np.clip(level + amplitude * np.repeat(texture, 3, axis=-1), 0, 255), level
 
 
 def sample_trajectory(rng: np.random.Generator, label: int, num_frames: int = 32,
@@ -63,10 +67,11 @@ def render_video(rng: np.random.Generator, label: int, num_frames: int = 32,
                  size: int = 48) -> np.ndarray:
     """One video of class `label`, uint8 [num_frames, size, size, 3]."""
     path = sample_trajectory(rng, label, num_frames, size)
-    background, bg_color = _background(rng, size)
-    color = rng.uniform(0, 255, 3)
-    while np.abs(color - bg_color).mean() < 70:  # keep the object visible
-        color = rng.uniform(0, 255, 3)
+    background, bg_level = _background(rng, size)
+    level = rng.uniform(0, 255)
+    while abs(level - bg_level) < 70:  # keep the object visible
+        level = rng.uniform(0, 255)
+    color = np.full(3, level)
     square = rng.random() < 0.5
     grid = np.arange(size, dtype=np.float64) + 0.5
     # Distances on the torus, so motion wraps around and positions stay uniform.
