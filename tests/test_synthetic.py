@@ -108,3 +108,15 @@ def test_per_frame_position_and_size_are_class_independent():
     # ... while the motion itself differs: x moves only in the horizontal classes.
     moved = [np.mean([np.ptp(p["x"]) > 0 for p in per_class[c]]) for c in range(NUM_CLASSES)]
     assert moved[:2] == [1.0, 1.0] and moved[2:] == [0.0] * 4
+
+
+def test_videos_are_grey_with_a_visible_object():
+    """No per-video colour for two clips to be matched by (only the per-pixel noise differs
+    between channels); the object stands out from the background by >= 70 grey levels."""
+    for label in range(NUM_CLASSES):
+        video = synthetic.render_video(np.random.default_rng([7, label]), label).astype(float)
+        channel_means = video.reshape(-1, 3).mean(axis=0)
+        assert np.ptp(channel_means) < 1.0, (label, channel_means)
+        grey = video.mean(axis=-1).reshape(len(video), -1)
+        spread = np.percentile(grey, 99.5, axis=1) - np.percentile(grey, 0.5, axis=1)
+        assert spread.min() >= 70, (label, spread.min())
