@@ -3,12 +3,13 @@
 Every message names the offending value and the fix, so a bad config fails before any
 TensorFlow graph is built.
 """
-import json
 import os
 from typing import Any, Mapping, Optional
 
 from absl import logging
 import tensorflow as tf
+
+from cvrl_tf import export
 
 MODES = ("pretrain", "linear_eval", "finetune", "evaluate")
 # The backbone settings that must match between pretraining and warm start.
@@ -104,11 +105,8 @@ def check_intervals(steps_per_loop: int, checkpoint_interval: int, eval_interval
 def read_backbone_json(path: str) -> Optional[dict]:
     """The build_backbone kwargs saved next to a checkpoint (a dir or a prefix), if any."""
     directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
-    json_path = os.path.join(directory, "backbone.json")
-    if not tf.io.gfile.exists(json_path):
-        return None
-    with tf.io.gfile.GFile(json_path) as f:
-        return json.load(f)
+    json_path = os.path.join(directory, export.BACKBONE_JSON)
+    return export.read_backbone_json(json_path) if tf.io.gfile.exists(json_path) else None
 
 
 def check_warm_start_architecture(warm_start: str, backbone_kwargs: Mapping[str, Any]) -> None:

@@ -4,7 +4,6 @@
 CVRLModel's online probe). `run_evaluate` is mode 'evaluate': one checkpoint, or every new
 checkpoint of a directory as it appears (tf.train.checkpoints_iterator).
 """
-import json
 import os
 from typing import Callable
 
@@ -64,14 +63,6 @@ def _checkpoints(cfg, source: str):
     yield path
 
 
-def _read_results(model_dir: str) -> dict:
-    path = os.path.join(model_dir, "results.json")
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
 def run_evaluate(cfg, strategy: tf.distribute.Strategy, builders, build_model) -> dict:
     """Mode 'evaluate': restores each checkpoint and reports single-view (and 10x3) accuracy.
 
@@ -117,7 +108,7 @@ def run_evaluate(cfg, strategy: tf.distribute.Strategy, builders, build_model) -
                           f"{cfg.eval_timeout} s; start training first or raise the timeout.")
     results = dict(history[-1])
     if chief:
-        merged = _read_results(cfg.model_dir)
+        merged = summaries.read_results(cfg.model_dir)
         merged["evaluate"] = dict(results, history=history)
         summaries.write_results(cfg.model_dir, merged)
     return {"mode": "evaluate", "eval": results, "history": history}

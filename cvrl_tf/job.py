@@ -22,6 +22,7 @@ import tensorflow as tf
 from cvrl_tf import config_check
 from cvrl_tf import distribute
 from cvrl_tf import evaluation
+from cvrl_tf import export
 from cvrl_tf import models
 from cvrl_tf import optimizers
 from cvrl_tf import steps
@@ -162,12 +163,11 @@ def check(cfg: JobConfig, strategy: tf.distribute.Strategy) -> None:
                           "anyway); set run.jit_compile=False for this strategy.")
 
 
+_CLASSIFIER_OF_MODE = {"linear_eval": "linear", "finetune": "finetune", "pretrain": "probe"}
+
+
 def _classifier_kind(cfg: JobConfig) -> str:
-    if cfg.mode in ("linear_eval", "finetune"):
-        return "linear" if cfg.mode == "linear_eval" else "finetune"
-    if cfg.mode == "pretrain":
-        return "probe"
-    return cfg.classifier or "linear"
+    return _CLASSIFIER_OF_MODE.get(cfg.mode) or cfg.classifier or "linear"
 
 
 def build_model(cfg: JobConfig, builders: Builders) -> keras.Model:
@@ -263,7 +263,7 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
             config_check.check_warm_start_architecture(cfg.warm_start, backbone_kwargs)
         if chief:
             tf.io.gfile.makedirs(cfg.model_dir)
-            with tf.io.gfile.GFile(os.path.join(cfg.model_dir, "backbone.json"), "w") as f:
+            with tf.io.gfile.GFile(os.path.join(cfg.model_dir, export.BACKBONE_JSON), "w") as f:
                 json.dump(backbone_kwargs, f, indent=2, sort_keys=True)
 
         pretrain = cfg.mode == "pretrain"
@@ -332,7 +332,7 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
         results = {
             "mode": cfg.mode, "global_step": int(global_step.numpy()), "total_steps": total_steps,
             "num_replicas": replicas, "initialized_from": record.get("initialized_from"),
-            "train": {k: v for k, v in train.last_output.items()},
+            "train": dict(train.last_output),
             "eval": dict(eval_output or {}), "wall_time_sec": time.time() - start,
         }
         if chief:

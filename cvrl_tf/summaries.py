@@ -6,6 +6,8 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
+RESULTS_JSON = "results.json"
+
 
 def clip_pair_images(video: tf.Tensor, num_videos: int = 3, num_frames: int = 4,
                      pretrain: bool = True) -> tf.Tensor:
@@ -79,9 +81,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def read_results(model_dir: str) -> dict:
+    """model_dir/results.json as a dict ({} when there is none yet)."""
+    path = os.path.join(model_dir, RESULTS_JSON)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
 def write_results(model_dir: str, results: Mapping[str, Any]) -> str:
     """Writes results (final metrics) to model_dir/results.json and returns the path."""
-    path = os.path.join(model_dir, "results.json")
+    path = os.path.join(model_dir, RESULTS_JSON)
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(_jsonable(results), f, indent=2, sort_keys=True)
         f.write("\n")
