@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--gin_param", action="append", default=[],
-                        help="extra gin binding for every run, e.g. TRAIN_STEPS=100")
+                        help="extra gin binding for every run, e.g. run.train_length=100")
     args = parser.parse_args(argv)
     results = run_demo(args.output_dir, args.gin_param)
     print(f"Results written to {os.path.abspath(args.output_dir)}", flush=True)

@@ -65,11 +65,6 @@ def task_info(strategy: tf.distribute.Strategy) -> tuple[Optional[str], int]:
     return None, 0
 
 
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-    """Number of input pipelines (hosts) feeding the replicas."""
-    return int(getattr(strategy.extended, "_num_workers", 1) or 1)
-
-
 def is_chief_task(task_type: Optional[str], task_id: int, cluster: Mapping[str, Any]) -> bool:
     """The chief owns model_dir: task 'chief', else worker 0 when the cluster has no chief."""
     if task_type is None or task_type == "chief":

@@ -11,11 +11,12 @@ from absl import logging
 import orbit
 import tensorflow as tf
 
+from cvrl_tf import checkpoints
 from cvrl_tf import distribute
 from cvrl_tf import steps
 from cvrl_tf import summaries
 from cvrl_tf import trainer as trainer_lib
-from cvrl_tf.config_check import ConfigError
+from cvrl_tf.config import Builders, ConfigError, JobConfig, build_model
 
 
 def _logits_model(model) -> Callable:
@@ -26,7 +27,7 @@ def _logits_model(model) -> Callable:
     return model
 
 
-def make_evaluator(cfg, strategy: tf.distribute.Strategy, builders, model,
+def make_evaluator(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders, model,
                    views: tuple = (1, 1), prefix: str = "") -> trainer_lib.Evaluator:
     """An evaluator over cfg.eval_data with views=(temporal, spatial) views per video."""
     num_frames, stride, crop_size = cfg.eval_clip
@@ -48,7 +49,7 @@ def make_evaluator(cfg, strategy: tf.distribute.Strategy, builders, model,
                                  prefix=prefix)
 
 
-def _checkpoints(cfg, source: str):
+def _checkpoints(cfg: JobConfig, source: str):
     """The checkpoint paths to evaluate: one, or each new one in a directory."""
     if cfg.continuous_eval:
         if not tf.io.gfile.isdir(source):
@@ -56,21 +57,19 @@ def _checkpoints(cfg, source: str):
                               f"run.eval_checkpoint={source!r} is not one.")
         yield from tf.train.checkpoints_iterator(source, timeout=cfg.eval_timeout)
         return
-    path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
-    if not path or not tf.io.gfile.glob(path + ".index"):
-        raise ConfigError(f"No checkpoint at run.eval_checkpoint={source!r}; point it to a "
-                          f"model_dir with checkpoints or a ckpt-N prefix.")
-    yield path
+    yield checkpoints.resolve(source, "run.eval_checkpoint")[0]
 
 
-def run_evaluate(cfg, strategy: tf.distribute.Strategy, builders, build_model) -> dict:
+def run_evaluate(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders,
+                 train_length: int = 0) -> dict:
     """Mode 'evaluate': restores each checkpoint and reports single-view (and 10x3) accuracy.
 
     Checkpoints come from run.eval_checkpoint (default: model_dir). Results go to
     model_dir/results.json under 'evaluate' (other keys of an existing file are kept) and to
     TensorBoard in model_dir/eval ('top1', 'top5', 'multiview_top1', 'multiview_top5').
     Continuous evaluation stops after run.eval_timeout seconds without a new checkpoint, or
-    once a checkpoint at or past run.train_steps (when set) was evaluated.
+    once a checkpoint at or past `train_length` steps (run.train_length, when set) was
+    evaluated.
     """
     chief = distribute.is_chief(strategy)
     with strategy.scope():
@@ -101,7 +100,7 @@ def run_evaluate(cfg, strategy: tf.distribute.Strategy, builders, build_model) -
         output.pop("steps_per_second", None)
         logging.info("Evaluated %s: %s", path, output)
         history.append(output)
-        if cfg.continuous_eval and cfg.train_steps and output["global_step"] >= cfg.train_steps:
+        if cfg.continuous_eval and train_length and output["global_step"] >= train_length:
             break
     if not history:
         raise ConfigError(f"No checkpoint appeared in {source!r} within run.eval_timeout="

@@ -19,7 +19,6 @@ H and W are free; the backbone pools globally. Use the crop size it was trained 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 from typing import Sequence
@@ -27,66 +26,25 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from cvrl_tf import checkpoints
 from cvrl_tf.models import build_backbone
 
-BACKBONE_JSON = "backbone.json"
 METADATA_JSON = "cvrl_tf_export.json"  # Written next to saved_model.pb; loaders ignore it.
 SIGNATURES = ("float32", "uint8")
 _FORCED = {"sync_bn": False, "return_endpoints": False}  # Inference needs neither.
 
 
-def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
-    """(checkpoint prefix, directory holding backbone.json) for a model_dir or a prefix."""
-    if not checkpoint:
-        raise ValueError("--checkpoint is empty; give a model_dir or a checkpoint prefix.")
-    if tf.io.gfile.isdir(checkpoint):
-        prefix = tf.train.latest_checkpoint(checkpoint)
-        if prefix is None:
-            raise FileNotFoundError(f"Model dir {checkpoint} holds no checkpoint (no `checkpoint` "
-                                    "file); train first or pass a checkpoint prefix.")
-        return prefix, checkpoint
-    if not tf.io.gfile.exists(checkpoint + ".index"):
-        raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist: neither a directory "
-                                f"nor a checkpoint prefix ({checkpoint}.index is missing).")
-    return checkpoint, os.path.dirname(checkpoint)
-
-
-def read_backbone_json(path: str) -> dict:
-    """The build_backbone keyword arguments stored in backbone.json."""
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"Backbone config {path} does not exist; the trainer writes it "
-                                "to model_dir, or pass --backbone_json.")
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            kwargs = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"Backbone config {path} is not valid JSON ({e}).") from e
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"Backbone config {path} must hold a JSON object of build_backbone "
-                         f"keyword arguments, not {type(kwargs).__name__}.")
-    known = set(inspect.signature(build_backbone).parameters)
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"Backbone config {path} has keys {unknown} that build_backbone does "
-                         f"not take; it takes {sorted(known)}.")
-    return kwargs
-
-
 def load_backbone(checkpoint: str, backbone_json: str | None = None) -> keras.Model:
     """Rebuilds the backbone from backbone.json and restores only `backbone` from the checkpoint."""
-    prefix, model_dir = resolve_checkpoint(checkpoint)
-    json_path = backbone_json or os.path.join(model_dir, BACKBONE_JSON)
-    kwargs = read_backbone_json(json_path)
+    prefix, model_dir = checkpoints.resolve(checkpoint)
+    json_path = backbone_json or os.path.join(model_dir, checkpoints.BACKBONE_JSON)
+    kwargs = checkpoints.read_backbone_json(json_path)
     # Free time and space (the weights do not depend on them): clips of any length/size.
     channels = (kwargs.get("input_shape") or [3])[-1]
     backbone = build_backbone(**{**kwargs, **_FORCED,
                                  "input_shape": [None, None, None, channels]})
-    try:
-        status = tf.train.Checkpoint(backbone=backbone).restore(prefix).expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:  # Missing variables / wrong shapes.
-        raise ValueError(f"Checkpoint {prefix} holds no backbone matching the config in "
-                         f"{json_path}: {str(e).splitlines()[0][:300]}") from e
+    checkpoints.restore_backbone(backbone, prefix, "--checkpoint",
+                                 fix=f"check the config in {json_path} (--backbone_json)")
     return backbone
 
 
@@ -126,11 +84,11 @@ def export_saved_model(backbone: keras.Model, output_dir: str, default_signature
 def export(checkpoint: str, output_dir: str, backbone_json: str | None = None,
            default_signature: str = "float32") -> dict:
     """Checkpoint (or model_dir) -> SavedModel in output_dir; returns the export metadata."""
-    prefix, model_dir = resolve_checkpoint(checkpoint)
-    json_path = backbone_json or os.path.join(model_dir, BACKBONE_JSON)
+    prefix, model_dir = checkpoints.resolve(checkpoint)
+    json_path = backbone_json or os.path.join(model_dir, checkpoints.BACKBONE_JSON)
     backbone = load_backbone(prefix, json_path)
     return export_saved_model(backbone, output_dir, default_signature, metadata={
-        "checkpoint": prefix, "backbone_config": read_backbone_json(json_path)})
+        "checkpoint": prefix, "backbone_config": checkpoints.read_backbone_json(json_path)})
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

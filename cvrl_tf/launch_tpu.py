@@ -5,7 +5,7 @@ Prints (--dry_run) or runs the gcloud commands:
     python -m cvrl_tf.launch_tpu --name cvrl-v4 --zone us-central2-b --accelerator_type v4-32 \\
         --gin_file gin/models/r3d_50.gin --gin_file gin/runs/pretrain.gin \\
         --gin_param "TRAIN_DATA='gs://BUCKET/data/k400/train-*.tfrecord'" \\
-        --gin_param NUM_TRAIN_EXAMPLES=240000 --gin_param EPOCHS=200 \\
+        --gin_param "run.train_length='200 epochs'" \\
         --model_dir gs://BUCKET/runs/EXP --repo_url https://github.com/ORG/cvrl_tf.git --dry_run
     python -m cvrl_tf.launch_tpu --name cvrl-v4 --zone us-central2-b --accelerator_type v4-32 \\
         --delete

@@ -28,6 +28,20 @@ def decay_variables(model: keras.Layer) -> list:
     return [v for v in kernel_variables(model) if id(v) in trainable]
 
 
+_DECAY_IN_UPDATE = ("lars", "adamw")
+
+
+def split_weight_decay(optimizer: str, weight_decay: float) -> tuple[float, float]:
+    """The one rule of where weight decay acts: (in the optimizer's update, in the loss).
+
+    'lars' and 'adamw' decay inside their update; 'sgd' and 'adam' get the L2 term
+    0.5 * wd * sum(w^2) in the loss (steps.py), as the official recipe does. Never both.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0.")
+    return (weight_decay, 0.0) if optimizer in _DECAY_IN_UPDATE else (0.0, weight_decay)
+
+
 def scaled_learning_rate(base_lr: float, global_batch_size: int,
                          reference_batch: int = 256) -> float:
     """Linear scaling: base_lr is the rate for reference_batch videos; returns it for the batch."""
@@ -189,10 +203,8 @@ def build_optimizer(name: str, learning_rate, momentum: float = 0.9, weight_deca
     """
     if isinstance(learning_rate, numbers.Real):
         learning_rate = float(learning_rate)
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0.")
     exclude = None if decay_variables is None else _excluding_all_but(decay_variables)
-    if name in ("sgd", "adam") and weight_decay:
+    if name in ("sgd", "adam") and split_weight_decay(name, weight_decay)[1]:
         raise ValueError(
             f"build_optimizer('{name}', weight_decay={weight_decay}): for '{name}' weight decay "
             f"is the L2 loss term; pass weight_decay to make_pretrain_step/make_classifier_step "

@@ -29,6 +29,14 @@ import tensorflow as tf
 from cvrl_tf.losses import info_nce
 from cvrl_tf.optimizers import decay_variables as default_decay_variables
 
+# The metrics each step returns (the trainer averages them over a loop and summarizes them).
+PRETRAIN_METRICS = ("loss", "contrastive_loss", "contrastive_accuracy", "contrastive_entropy",
+                    "positive_similarity", "weight_decay_loss", "grad_norm", "learning_rate",
+                    "num_candidates")
+PROBE_METRICS = ("probe_loss", "probe_accuracy")
+CLASSIFIER_METRICS = ("loss", "classification_loss", "accuracy", "weight_decay_loss",
+                      "grad_norm", "learning_rate")
+
 Batch = Dict[str, tf.Tensor]
 Step = Callable[[Batch], Dict[str, tf.Tensor]]
 

@@ -1,21 +1,15 @@
 r"""The cvrl_tf binary: pretrain, linear-evaluate, fine-tune or evaluate, at any scale.
 
     python -m cvrl_tf.train --gin_file=gin/experiments/demo_pretrain.gin --model_dir=DIR \
-        [--gin_param=run.train_steps=100] [--strategy=default|one_device|mirrored|multi_worker]
+        [--gin_param=run.train_length=100] [--strategy=default|one_device|mirrored|multi_worker]
         [--tpu=NAME|local]
 
-gin binds the one root, `run`, and a few registered library functions (build_backbone,
-projection_head, finetune_classifier, build_dataset); library code never reads gin. See
-gin/experiments/ for launchable configs.
-
-Resume order (a restarted job continues where it stopped):
-  1. the latest checkpoint in model_dir (model, optimizer, step), else
-  2. run.warm_start: the backbone only, from a checkpoint prefix or the latest checkpoint of a
-     model dir (linear_eval/finetune start from a pretraining run this way), else
-  3. scratch (random initialization).
+gin binds the one root, `run` (the fields of cvrl_tf.config.JobConfig), and a few registered
+library functions (build_backbone, projection_head, finetune_classifier, build_dataset);
+library code never reads gin. See gin/experiments/ for launchable configs. A restarted job
+continues where it stopped (the resume order: cvrl_tf.checkpoints.resume).
 """
 import dataclasses
-import inspect
 import logging as std_logging
 import os
 import time
@@ -27,10 +21,10 @@ from absl import logging
 import gin
 import tensorflow as tf
 
-from cvrl_tf import config_check
+from cvrl_tf import config
 from cvrl_tf import distribute
 from cvrl_tf import job
-from cvrl_tf.config_check import ConfigError
+from cvrl_tf.config import ConfigError
 
 # Registrations: the library functions gin may configure (their defaults stay gin-free).
 from cvrl_tf.data import pipeline as _pipeline
@@ -41,6 +35,10 @@ projection_head = gin.external_configurable(_models.projection_head, module="cvr
 finetune_classifier = gin.external_configurable(_models.finetune_classifier,
                                                 module="cvrl_tf.models")
 build_dataset = gin.external_configurable(_pipeline.build_dataset, module="cvrl_tf.data")
+# The one root: `run.<field>` binds the fields of config.JobConfig (names and defaults there;
+# unknown names are refused by gin).
+run = gin.external_configurable(config.JobConfig, "run", module="cvrl_tf.train")
+
 
 def _gin_dir() -> str:
     """gin/ of the source tree (editable install), else the copy installed as cvrl_tf/gin."""
@@ -54,37 +52,12 @@ def _gin_dir() -> str:
 GIN_DIR = _gin_dir()
 
 
-def _run(*, strategy: Optional[tf.distribute.Strategy] = None, **settings) -> dict:
-    """Runs one job (`mode`: pretrain, linear_eval, finetune or evaluate); returns results.
-
-    The settings are the fields of `job.JobConfig` (documented there), under the same names
-    and defaults: `run.<field>` in gin. Writes checkpoints, backbone.json, config.gin,
-    TensorBoard events (train/, eval/) and results.json to model_dir; returns the results dict.
-    """
-    config_check.check_required(settings, gin.REQUIRED)
-    cfg = job.JobConfig(**settings)
-    builders = job.Builders(backbone=build_backbone, projection_head=projection_head,
-                            finetune_classifier=finetune_classifier, dataset=build_dataset,
-                            config_str=_config_str)
-    return job.run_job(cfg, strategy=strategy or tf.distribute.get_strategy(),
-                       builders=builders)
-
-
-def _signature_from(config_cls, **extra: inspect.Parameter) -> inspect.Signature:
-    """Keyword-only parameters named, typed and defaulted as a dataclass's fields, plus extra.
-
-    gin reads a configurable's parameters from its signature, so `run` gets its bindable
-    names and defaults from JobConfig: one source of truth, no copy to drift."""
-    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
-                                default=(inspect.Parameter.empty
-                                         if f.default is dataclasses.MISSING else f.default))
-              for f in dataclasses.fields(config_cls)]
-    return inspect.Signature(params + list(extra.values()), return_annotation=dict)
-
-
-_run.__signature__ = _signature_from(job.JobConfig, strategy=inspect.Parameter(
-    "strategy", inspect.Parameter.KEYWORD_ONLY, default=None))
-run = gin.configurable("run")(_run)
+def job_config(model_dir: Optional[str] = None) -> config.JobConfig:
+    """The JobConfig the parsed gin config describes; refuses settings left %gin.REQUIRED."""
+    cfg = run(model_dir=model_dir) if model_dir is not None else run()
+    config.required_unset({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)},
+                          gin.REQUIRED)
+    return cfg
 
 
 def _config_str() -> str:
@@ -129,7 +102,7 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = ()) -> None:
         where = f" at `{lines[-1]}`" if len(lines) > 2 else ""
         raise ConfigError(f"Bad gin config: {lines[0].rstrip('.')}{where}; fix the name or value "
                           f"(bindings target run, whose parameters are the fields of "
-                          f"cvrl_tf.job.JobConfig, and the registered "
+                          f"cvrl_tf.config.JobConfig, and the registered "
                           f"cvrl_tf.models / cvrl_tf.data functions).") from e
     finally:
         root_logger.removeFilter(_quiet_gin_search)
@@ -143,12 +116,13 @@ def _quiet_gin_search(record: std_logging.LogRecord) -> bool:
 def run_with_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (),
                  strategy: Optional[tf.distribute.Strategy] = None,
                  model_dir: Optional[str] = None) -> dict:
-    """Parses the config and calls `run` in this process (used by demo.py and tests)."""
+    """Parses the config and runs its job in this process (used by demo.py and tests)."""
     parse_gin(gin_files, gin_params)
-    kwargs = {"strategy": strategy}
-    if model_dir is not None:
-        kwargs["model_dir"] = model_dir
-    return run(**kwargs)
+    builders = config.Builders(backbone=build_backbone, projection_head=projection_head,
+                               finetune_classifier=finetune_classifier, dataset=build_dataset,
+                               config_str=_config_str)
+    return job.run_job(job_config(model_dir), strategy=strategy or tf.distribute.get_strategy(),
+                       builders=builders)
 
 
 FLAGS = flags.FLAGS

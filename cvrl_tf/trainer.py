@@ -8,7 +8,7 @@ the first bad step. `Evaluator` sums per-replica counts over the whole eval set 
 them into top-1/top-5. Neither knows about modes: train.py picks the step functions.
 """
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Sequence
 
 from absl import logging
 import orbit
@@ -37,15 +37,11 @@ class Trainer(orbit.StandardTrainer):
 
     def __init__(self, *, strategy: tf.distribute.Strategy, dataset_fn: DatasetFn,
                  replica_step: ReplicaStep, global_step: tf.Variable, total_steps: int,
-                 clips_per_step: int, metric_names: Sequence[str],
-                 learning_rate: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
-                 jit_compile: bool = False, time_input: bool = True):
+                 clips_per_step: int, metric_names: Sequence[str], jit_compile: bool = False):
         self.strategy = strategy
         self.global_step = global_step
         self.total_steps = int(total_steps)
         self.clips_per_step = int(clips_per_step)
-        self._learning_rate = learning_rate
-        self._time_input = time_input
         self._metric_names = tuple(metric_names)
         if "loss" not in self._metric_names:
             raise ValueError("Trainer metric_names must include 'loss'.")
@@ -67,9 +63,7 @@ class Trainer(orbit.StandardTrainer):
         self.last_output: dict = {}
 
     def _next_batch(self, iterator):
-        """Dequeues one distributed batch; times the wait (host clock) when asked."""
-        if not self._time_input:
-            return next(iterator)
+        """Dequeues one distributed batch and times the wait (host clock)."""
         start = tf.timestamp()
         with tf.control_dependencies([start]):
             batch = next(iterator)
@@ -122,10 +116,7 @@ class Trainer(orbit.StandardTrainer):
         clips = count * self.clips_per_step / elapsed
         output["clips_per_sec"] = clips
         output["clips_per_sec_per_replica"] = clips / self.strategy.num_replicas_in_sync
-        if self._time_input:
-            output["input_wait_share"] = min(float(self._input_wait.numpy()) / elapsed, 1.0)
-        if self._learning_rate is not None and "learning_rate" not in output:
-            output["learning_rate"] = float(self._learning_rate(max(step - 1, 0)))
+        output["input_wait_share"] = min(float(self._input_wait.numpy()) / elapsed, 1.0)
         self._log_progress(step, output)
         self.last_output = dict(output, step=step)
         return output

@@ -14,8 +14,9 @@ def test_demo_writes_results_and_names_its_dir_last(tmp_path, capsys):
     out = tmp_path / "demo"
     synthetic.write_dataset(str(out / "data"), num_train=16, num_eval=8, num_frames=16, size=32,
                             num_shards=2, seed=0)
-    params = ["TRAIN_STEPS=2", "STEPS_PER_LOOP=2", "CHECKPOINT_INTERVAL=2", "BATCH_SIZE=8",
-              "EVAL_BATCH_SIZE=8", "MIN_VIDEO_FRAMES=16", "run.image_summaries=False"]
+    params = ["run.train_length=2", "run.steps_per_loop=2", "run.checkpoint_every=2",
+              "run.global_batch_size=8", "run.eval_batch_size=8", "run.min_video_frames=16",
+              "run.image_summaries=False"]
     args = ["--output_dir", str(out)] + [f"--gin_param={p}" for p in params]
     results = demo.main(args)
 

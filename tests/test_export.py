@@ -137,15 +137,17 @@ def test_uint8_default_signature(exported, tmp_path):
 
 def test_clear_errors(exported, tmp_path, capsys):
     model_dir, _, _ = exported
-    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    with pytest.raises(ValueError, match="holds no readable checkpoint; train first"):
         export.load_backbone(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"ckpt-99 does not exist.*ckpt-99.index"):
+    with pytest.raises(ValueError, match=r"ckpt-99' is neither a directory nor a checkpoint "
+                                         r"prefix \(.*ckpt-99.index is missing\)"):
         export.load_backbone(str(tmp_path / "ckpt-99"))
     with pytest.raises(FileNotFoundError, match="nope.json does not exist"):
         export.load_backbone(str(model_dir), str(tmp_path / "nope.json"))
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps(dict(TINY, base_filters=8)))
-    with pytest.raises(ValueError, match="holds no backbone matching the config in .*wrong.json"):
+    with pytest.raises(ValueError, match="holds no backbone matching this one .*; check the "
+                                         "config in .*wrong.json"):
         export.load_backbone(str(model_dir), str(wrong))
     wrong.write_text(json.dumps(dict(TINY, filters=8)))
     with pytest.raises(ValueError, match=r"keys \['filters'\] that build_backbone does not take"):
@@ -155,4 +157,4 @@ def test_clear_errors(exported, tmp_path, capsys):
         export.load_backbone(other, os.path.join(str(model_dir), "backbone.json"))
     with pytest.raises(SystemExit):
         export.main(["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")])
-    assert "missing does not exist" in capsys.readouterr().err
+    assert "missing' is neither a directory nor a checkpoint prefix" in capsys.readouterr().err

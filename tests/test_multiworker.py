@@ -56,9 +56,9 @@ def test_two_workers_pretrain_together(data_dir, tmp_path):
             "--gin_file=experiments/demo_pretrain.gin", f"--model_dir={model_dir}",
             f"--gin_param=TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}",
             f"--gin_param=EVAL_DATA={os.path.join(data_dir, 'eval-*')!r}",
-            "--gin_param=TRAIN_STEPS=4", "--gin_param=STEPS_PER_LOOP=2",
-            f"--gin_param=BATCH_SIZE={BATCH}", "--gin_param=EVAL_BATCH_SIZE=4",
-            "--gin_param=MIN_VIDEO_FRAMES=16", "--gin_param=CHECKPOINT_INTERVAL=2"]
+            "--gin_param=run.train_length=4", "--gin_param=run.steps_per_loop=2",
+            f"--gin_param=run.global_batch_size={BATCH}", "--gin_param=run.eval_batch_size=4",
+            "--gin_param=run.min_video_frames=16", "--gin_param=run.checkpoint_every=2"]
     procs, logs = [], []
     for index in range(2):
         env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",

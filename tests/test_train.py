@@ -31,12 +31,16 @@ def data_dir(tmp_path_factory):
 
 def overrides(data_dir, **macros):
     """Small, memory-safe macro overrides for the demo experiment files."""
-    values = dict(TRAIN_DATA=repr(os.path.join(data_dir, "train-*")),
-                  EVAL_DATA=repr(os.path.join(data_dir, "eval-*")),
-                  TRAIN_STEPS=4, STEPS_PER_LOOP=2, CHECKPOINT_INTERVAL=2, BATCH_SIZE=8,
-                  EVAL_BATCH_SIZE=8, MIN_VIDEO_FRAMES=16)
+    values = {"TRAIN_DATA": repr(os.path.join(data_dir, "train-*")),
+              "EVAL_DATA": repr(os.path.join(data_dir, "eval-*")),
+              "run.train_length": 4, "run.steps_per_loop": 2, "run.checkpoint_every": 2,
+              "run.global_batch_size": 8, "run.eval_batch_size": 8, "run.min_video_frames": 16}
     values.update(macros)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def steps(n):
+    return {"run.train_length": n}
 
 
 def pretrain(data_dir, model_dir, strategy=None, **macros):
@@ -126,8 +130,9 @@ def test_linear_eval_freezes_the_warm_started_backbone_then_evaluate(pretrained,
     out = train.run_with_gin(
         ["models/tiny.gin", "runs/evaluate.gin"],
         [f"CHECKPOINT={lin_dir!r}", f"EVAL_DATA={os.path.join(data_dir, 'eval-*')!r}",
-         "NUM_CLASSES=6", "NUM_FRAMES=8", "EVAL_CROP_SIZE=32", "BATCH_SIZE=8",
-         "MULTIVIEW_BATCH_SIZE=4", "run.eval_temporal_views=2", "run.eval_spatial_views=3"],
+         "NUM_CLASSES=6", "run.num_frames=8", "run.eval_crop_size=32",
+         "run.global_batch_size=8", "run.multiview_batch_size=4", "run.eval_temporal_views=2",
+         "run.eval_spatial_views=3"],
         model_dir=eval_dir)
     ev = out["eval"]
     assert ev["global_step"] == 4 and ev["num_examples"] == NUM_EVAL
@@ -142,29 +147,29 @@ def test_linear_eval_freezes_the_warm_started_backbone_then_evaluate(pretrained,
 def test_resume_order(pretrained, data_dir, tmp_path):
     pretrain_dir, _ = pretrained
     # 1. A checkpoint in model_dir wins: the run continues from step 4 to 6.
-    resumed = pretrain(data_dir, pretrain_dir, TRAIN_STEPS=6)
+    resumed = pretrain(data_dir, pretrain_dir, **steps(6))
     assert resumed["initialized_from"].endswith("ckpt-4") and resumed["global_step"] == 6
     assert resumed["initialized_from"].startswith("checkpoint:")
     # 2. Else the warm start (backbone only): step counts from 0.
     lin_dir = str(tmp_path / "linear")
-    first = linear_eval(data_dir, lin_dir, pretrain_dir, TRAIN_STEPS=2)
+    first = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(2))
     assert first["initialized_from"].startswith("warm_start:") and first["global_step"] == 2
     # ... and once model_dir has its own checkpoint, that wins over the warm start.
-    again = linear_eval(data_dir, lin_dir, pretrain_dir, TRAIN_STEPS=4)
+    again = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(4))
     assert again["initialized_from"].startswith("checkpoint:") and again["global_step"] == 4
     # 3. Else scratch.
-    scratch = linear_eval(data_dir, str(tmp_path / "random"), "", TRAIN_STEPS=2)
+    scratch = linear_eval(data_dir, str(tmp_path / "random"), "", **steps(2))
     assert scratch["initialized_from"] == "scratch"
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"at step \d+; lower the learning rate"):
-        linear_eval(data_dir, str(tmp_path / "nan"), "", OPTIMIZER="'sgd'", BASE_LR=1e38,
-                    TRAIN_STEPS=6)
+        linear_eval(data_dir, str(tmp_path / "nan"), "", **{"run.optimizer": "'sgd'",
+                                                              "run.base_lr": 1e38}, **steps(6))
 
 
 def test_train_step_compiles_with_xla(data_dir, tmp_path):
     """jit_compile=True (what TPUs do anyway) on the tiny model, one replica."""
-    results = pretrain(data_dir, str(tmp_path / "xla"), TRAIN_STEPS=2, EVAL_DATA="''",
+    results = pretrain(data_dir, str(tmp_path / "xla"), **steps(2), EVAL_DATA="''",
                        **{"run.jit_compile": True, "run.image_summaries": False})
     assert results["global_step"] == 2 and np.isfinite(results["train"]["loss"])

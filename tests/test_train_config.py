@@ -1,22 +1,23 @@
 """The start-up config check: refusals and warnings, one sentence naming the fix."""
 import dataclasses
-import inspect
 
 import gin
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import config_check
-from cvrl_tf import job
+from cvrl_tf import checkpoints
+from cvrl_tf import config
 from cvrl_tf import train
-from cvrl_tf.config_check import ConfigError
+from cvrl_tf.config import ConfigError
 
-BASE = job.JobConfig(mode="pretrain", model_dir="/unused", train_data="x-*", train_steps=10,
-                     global_batch_size=8, optimizer="adam", lr_scaling="none")
+BASE = config.JobConfig(mode="pretrain", model_dir="/unused", train_data="x-*",
+                        train_length=10, global_batch_size=8, optimizer="adam",
+                        lr_scaling="none")
 
 
 def check(strategy=None, **changes):
-    job.check(dataclasses.replace(BASE, **changes), strategy or tf.distribute.get_strategy())
+    return config.check(dataclasses.replace(BASE, **changes),
+                        strategy or tf.distribute.get_strategy())
 
 
 def test_a_good_config_passes_quietly(capsys):
@@ -54,20 +55,29 @@ def test_clip_longer_than_the_shortest_video_warns(capsys):
     (dict(mode="pretraining"), "run.mode='pretraining' is unknown"),
     (dict(train_data=""), "needs training data: set run.train_data"),
     (dict(mode="linear_eval", num_classes=0), "set run.num_classes"),
-    (dict(train_steps=0), "set run.train_steps, or run.train_epochs"),
-    (dict(warmup_steps=20), "warmup .20 steps. is longer than the run"),
+    (dict(train_length=0), "The run length is unset: set run.train_length"),
+    (dict(warmup=20), "warmup .20 steps. is longer than the run"),
     (dict(steps_per_loop=0), "steps_per_loop=0 must be >= 1"),
     (dict(classifier="knn"), "run.classifier='knn' is unknown"),
+    (dict(train_length="10 weeks"), "train_length='10 weeks' is not a duration"),
+    (dict(train_length="2 epochs"), "counts epochs, but the number of training examples is "
+                                    "unknown: set run.num_train_examples"),
+    (dict(warmup=2.5), "must be a whole number of steps"),
+    (dict(deterministic=True), "set run.seed too"),
 ])
 def test_bad_settings_are_refused(changes, match):
     with pytest.raises(ConfigError, match=match):
         check(**changes)
 
 
-def test_epochs_give_steps_and_warmup():
-    cfg = dataclasses.replace(BASE, train_steps=0, train_epochs=2, num_train_examples=100,
-                              warmup_epochs=0.5)
-    assert job.total_train_steps(cfg) == (25, 6)
+def test_one_rule_turns_every_duration_into_steps():
+    """Steps or epochs, for training, warmup, loops, checkpoints and evaluation alike."""
+    steps = check(train_length="2 epochs", num_train_examples=100, warmup="0.5 epochs",
+                  steps_per_loop=5, checkpoint_every="1 epoch", eval_every="10 steps")
+    assert steps == config.Schedule(total=25, warmup=7, steps_per_loop=5, checkpoint_every=13,
+                                    eval_every=10)
+    assert config.to_steps("3", "x", None) == 3 and config.to_steps(4, "x", None) == 4
+    assert config.to_steps("1.5 ep", "x", 10.0) == 15
 
 
 def test_unknown_gin_binding_is_refused_clearly():
@@ -81,35 +91,30 @@ def test_unknown_gin_binding_is_refused_clearly():
         train.parse_gin(["experiments/nope.gin"])
 
 
-def test_run_binds_exactly_the_job_config_fields(monkeypatch, tmp_path):
-    """run's gin parameters are JobConfig's fields (same defaults), and bindings reach the job."""
+def test_run_binds_exactly_the_job_config_fields(tmp_path):
+    """gin's `run` is JobConfig itself: bindings reach its fields, other names are refused."""
     train.parse_gin(["experiments/demo_pretrain.gin"], ["run.seed = 7", "run.max_checkpoints = 2"])
-    seen = {}
-    monkeypatch.setattr(job, "run_job", lambda cfg, **_: seen.setdefault("cfg", cfg))
-    cfg = train.run(model_dir=str(tmp_path))
+    cfg = train.job_config(model_dir=str(tmp_path))
     gin.clear_config()
+    assert isinstance(cfg, config.JobConfig)
     assert (cfg.seed, cfg.max_checkpoints, cfg.model_dir) == (7, 2, str(tmp_path))
-    bindable = gin.config._REGISTRY.get_match("run").wrapped  # pylint: disable=protected-access
-    params = inspect.signature(bindable).parameters
-    fields = {f.name: inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
-              for f in dataclasses.fields(job.JobConfig)}
-    assert set(params) == set(fields) | {"strategy"}
-    assert {k: p.default for k, p in params.items() if k in fields} == fields
+    assert (cfg.mode, cfg.train_length, cfg.deterministic) == ("pretrain", 1200, False)
 
 
-def test_unset_required_macro_is_refused(tmp_path):
-    train.parse_gin(["models/tiny.gin", "runs/pretrain.gin"], ["EPOCHS = 1",
-                                                               "NUM_TRAIN_EXAMPLES = 10"])
+def test_unset_required_value_is_refused(tmp_path):
+    train.parse_gin(["models/tiny.gin", "runs/pretrain.gin"], ["run.train_length = 10"])
     with pytest.raises(ConfigError, match=r"run.train_data is required but unset"):
-        train.run(model_dir=str(tmp_path))
+        train.job_config(model_dir=str(tmp_path))
+    train.parse_gin(["models/tiny.gin", "runs/pretrain.gin"], ["TRAIN_DATA = 'x-*'"])
+    with pytest.raises(ConfigError, match=r"run.train_length is required but unset"):
+        train.job_config(model_dir=str(tmp_path))
     gin.clear_config()
 
 
 def test_warm_start_architecture_mismatch_is_refused(tmp_path):
     (tmp_path / "backbone.json").write_text('{"depth": 50, "base_filters": 64}')
     with pytest.raises(ConfigError, match="base_filters=64 but this run builds base_filters=16"):
-        config_check.check_warm_start_architecture(str(tmp_path),
-                                                   {"depth": 50, "base_filters": 16})
+        checkpoints.check_architecture(str(tmp_path), {"depth": 50, "base_filters": 16})
 
 
 def test_gin_includes_resolve_next_to_a_folder_named_like_a_gin_layer(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ with temporal kernels only on the first conv of each block in res4/res5, global 
 Depths 18/34 use basic blocks, 50/101/152/200 bottleneck blocks; `width_multiplier` scales
 every filter count (stem included), as in SimCLR's wide ResNets.
 """
+import inspect
 from typing import Any, Optional, Sequence, Union
 
 import keras
@@ -132,56 +133,57 @@ def _validate(depth: int, width_multiplier: int, stem: str, base_filters: int,
             f"input_shape={input_shape!r} must be (T, H, W, C) without the batch dimension.")
 
 
+def _json_friendly(config: dict) -> dict:
+    """build_backbone arguments with tuples as lists (what backbone.json stores)."""
+    def listify(value):
+        return [listify(v) for v in value] if isinstance(value, (list, tuple)) else value
+    return {k: listify(v) for k, v in config.items()}
+
+
 @keras.saving.register_keras_serializable(package="cvrl_tf")
 class ResNet3D(keras.Model):
-    """A functional 3D ResNet whose config is its `build_backbone` keyword arguments."""
+    """A functional 3D ResNet whose config is its `build_backbone` keyword arguments.
 
-    def __init__(self, depth: int = 50, width_multiplier: int = 1,
-                 input_shape: Sequence[Optional[int]] = (None, None, None, 3),
-                 stem: str = "cvrl", temporal_kernels: Optional[Sequence] = None,
-                 bn_momentum: float = 0.9, bn_epsilon: float = 1e-5, sync_bn: bool = False,
-                 return_endpoints: bool = False, base_filters: int = 64,
-                 blocks_per_stage: Optional[Sequence[int]] = None,
-                 spatial_strides: Sequence[int] = DEFAULT_SPATIAL_STRIDES,
-                 name: Optional[str] = None, **kwargs):
-        spatial_strides = tuple(spatial_strides)
-        _validate(depth, width_multiplier, stem, base_filters, blocks_per_stage, input_shape,
-                  spatial_strides)
-        block_type, default_blocks = DEPTHS[depth]
-        blocks = tuple(blocks_per_stage) if blocks_per_stage is not None else default_blocks
-        kernels = _stage_kernels(temporal_kernels, blocks)
-        cfg = {"bn_momentum": bn_momentum, "bn_epsilon": bn_epsilon, "sync_bn": sync_bn}
+    The arguments and their defaults are build_backbone's (the one signature): construct it
+    with `build_backbone(...)` or `ResNet3D(**build_backbone_kwargs)`.
+    """
+
+    def __init__(self, **config):
+        try:
+            bound = inspect.signature(build_backbone).bind(**config)
+        except TypeError as e:
+            raise ValueError(f"ResNet3D takes build_backbone's keyword arguments: {e}.") from e
+        bound.apply_defaults()
+        c = dict(bound.arguments)
+        spatial_strides = tuple(c["spatial_strides"])
+        _validate(c["depth"], c["width_multiplier"], c["stem"], c["base_filters"],
+                  c["blocks_per_stage"], c["input_shape"], spatial_strides)
+        block_type, default_blocks = DEPTHS[c["depth"]]
+        blocks = (tuple(c["blocks_per_stage"]) if c["blocks_per_stage"] is not None
+                  else default_blocks)
+        kernels = _stage_kernels(c["temporal_kernels"], blocks)
         block_fn = _bottleneck_block if block_type == "bottleneck" else _basic_block
 
-        inputs = keras.Input(shape=tuple(input_shape), name="video")
-        filters = base_filters * width_multiplier
-        stem_t, stem_stride = STEMS[stem]
+        inputs = keras.Input(shape=tuple(c["input_shape"]), name="video")
+        filters = c["base_filters"] * c["width_multiplier"]
+        stem_t, stem_stride = STEMS[c["stem"]]
         x = _conv(filters, (stem_t, 7, 7), (stem_stride, 2, 2), "stem_conv")(inputs)
-        x = _bn(cfg, "stem_bn")(x)
+        x = _bn(c, "stem_bn")(x)
         x = keras.layers.ReLU(name="stem_relu")(x)
         x = keras.layers.MaxPooling3D((1, 3, 3), (1, 2, 2), padding="same", name="stem_pool")(x)
         endpoints = {}
         for stage, stage_name in enumerate(STAGE_NAMES):
             for b in range(blocks[stage]):
                 stride = spatial_strides[stage] if b == 0 else 1
-                x = block_fn(x, filters * 2 ** stage, kernels[stage][b], stride, cfg,
+                x = block_fn(x, filters * 2 ** stage, kernels[stage][b], stride, c,
                              f"{stage_name}_block{b + 1}")
             endpoints[stage_name] = x
         # Pool in float32: the feature leaves the backbone in float32 under mixed_bfloat16.
         pooled = keras.layers.GlobalAveragePooling3D(name="pooled", dtype="float32")(x)
-        outputs = dict(endpoints, pooled=pooled) if return_endpoints else pooled
-        super().__init__(inputs=inputs, outputs=outputs,
-                         name=name or f"r3d{depth}_{width_multiplier}x", **kwargs)
-        self._build_kwargs = {
-            "depth": depth, "width_multiplier": width_multiplier,
-            "input_shape": list(input_shape), "stem": stem,
-            "temporal_kernels": None if temporal_kernels is None else [
-                k if isinstance(k, int) else list(k) for k in temporal_kernels],
-            "bn_momentum": bn_momentum, "bn_epsilon": bn_epsilon, "sync_bn": sync_bn,
-            "return_endpoints": return_endpoints, "base_filters": base_filters,
-            "blocks_per_stage": None if blocks_per_stage is None else list(blocks_per_stage),
-            "spatial_strides": list(spatial_strides),
-        }
+        outputs = dict(endpoints, pooled=pooled) if c["return_endpoints"] else pooled
+        name = c.pop("name") or f"r3d{c['depth']}_{c['width_multiplier']}x"
+        super().__init__(inputs=inputs, outputs=outputs, name=name)
+        self._build_kwargs = _json_friendly(c)
         self.feature_dim = int(pooled.shape[-1])
 
     def get_config(self) -> dict:
@@ -212,8 +214,4 @@ def build_backbone(depth: int = 50, width_multiplier: int = 1,
     `spatial_strides` are the strides of res2..res5; (1, 1, 1, 1) keeps small inputs (e.g. the
     demo's 32x32 clips) at 8x8 to the end, so pooling stays translation invariant.
     """
-    return ResNet3D(depth=depth, width_multiplier=width_multiplier, input_shape=input_shape,
-                    stem=stem, temporal_kernels=temporal_kernels, bn_momentum=bn_momentum,
-                    bn_epsilon=bn_epsilon, sync_bn=sync_bn, return_endpoints=return_endpoints,
-                    base_filters=base_filters, blocks_per_stage=blocks_per_stage,
-                    spatial_strides=spatial_strides, name=name)
+    return ResNet3D(**locals())
