@@ -119,7 +119,8 @@ def test_clip_start_gaps_follow_interval_pmf(tmp_path, distribution, num_videos)
     index = _frame_indices(pairs)                                    # [n, 2, T]
     starts = index[..., 0]
     # Each clip is T frames at the stride from a valid start (no wrap: K >= 1).
-    np.testing.assert_array_equal(index, starts[..., None] + stride * np.arange(num_frames))
+    np.testing.assert_array_equal(index, starts[..., None] + stride * np.arange(num_frames),
+                                  err_msg="clip frames are not start + i * stride")
     assert starts.min() >= 0 and starts.max() < num_starts
     gaps = starts[:, 1] - starts[:, 0]
     observed = np.bincount(np.abs(gaps), minlength=num_starts) / num_videos
@@ -127,19 +128,22 @@ def test_clip_start_gaps_follow_interval_pmf(tmp_path, distribution, num_videos)
     bound = _tv_bound(num_starts, num_videos)
     tv = {name: 0.5 * np.abs(observed - temporal.interval_pmf(name, num_starts)).sum()
           for name in temporal.DISTRIBUTIONS}
-    assert tv[distribution] <= bound, (distribution, tv, bound)
+    assert tv[distribution] <= bound, (
+        f"gap frequencies {observed} are {tv[distribution]:.3f} (total variation) from "
+        f"interval_pmf({distribution!r}), beyond the bound {bound:.3f}")
     for other in temporal.DISTRIBUTIONS:
         if other != distribution:  # The same bound rejects every other distribution.
             separation = 0.5 * np.abs(temporal.interval_pmf(other, num_starts)
                                       - temporal.interval_pmf(distribution, num_starts)).sum()
             assert separation > 2 * bound, (other, separation, bound)  # Enough samples.
-            assert tv[other] > bound, (other, tv, bound)
+            assert tv[other] > bound, f"gaps {observed} also fit {other!r}: {tv}"
 
     # Which clip comes first is a fair coin (the pair is swapped with probability 0.5).
     moved = gaps[gaps != 0]
     if len(moved):
         half_width = math.sqrt(math.log(2.0 / DELTA) / (2 * len(moved)))  # Hoeffding.
-        assert abs(np.mean(moved > 0) - 0.5) <= half_width, np.mean(moved > 0)
+        assert abs(np.mean(moved > 0) - 0.5) <= half_width, (
+            f"view 2 starts later in {np.mean(moved > 0):.3f} of the pairs, not about 0.5")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,10 +188,12 @@ def test_view_1_always_blurred_view_2_blur_and_solarize_probabilities(tmp_path):
     for name, (hits, right, wrongs) in expected.items():
         for view in (0, 1):
             count = int(hits[:, view].sum())
-            assert _in_range(count, n, right[view]), (name, view + 1, count, right[view])
+            assert _in_range(count, n, right[view]), (
+                f"{name} on {count} of {n} view-{view + 1} clips: not p = {right[view]}")
             for wrong in wrongs:
                 if wrong != right[view]:
-                    assert not _in_range(count, n, wrong), (name, view + 1, count, wrong)
+                    assert not _in_range(count, n, wrong), (
+                        f"{name} on {count} of {n} view-{view + 1} clips also fits p = {wrong}")
 
 
 # ---------------------------------------------------------------------------------------------
