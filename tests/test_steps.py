@@ -151,12 +151,12 @@ def test_rejects_double_weight_decay_and_odd_batch():
 
 def test_pretrain_step_compiles_with_xla():
     """The TPU proxy: forward, loss, backward and update in one jit_compile=True function,
-    giving the metrics and the update of the same step without XLA."""
+    giving the metrics and the update of the same step run eagerly."""
     batch = {"video": tf.constant(_videos(4, 3)), "label": tf.constant([0, 1, -1, 2])}
     plain, model = _tiny_cvrl(probe_classes=3), _tiny_cvrl(probe_classes=3)
     model.set_weights(plain.get_weights())
     before = [v.numpy() for v in plain.trainable_variables]
-    want = tf.function(make_pretrain_step(plain, _sgd(plain), weight_decay=1e-4))(batch)
+    want = make_pretrain_step(plain, _sgd(plain), weight_decay=1e-4)(batch)  # Eager.
     step = tf.function(make_pretrain_step(model, _sgd(model), weight_decay=1e-4),
                        jit_compile=True)
     metrics = step(batch)
