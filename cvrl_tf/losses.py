@@ -47,7 +47,9 @@ def info_nce(z1: tf.Tensor, z2: tf.Tensor,
     bfloat16) and compared by cosine similarity / temperature. Metrics, each a mean over this
     replica's anchors: 'contrastive_accuracy' (the positive has the largest logit),
     'contrastive_entropy' (entropy of the softmax over the 2N-1 candidates) and
-    'positive_similarity' (cosine similarity of the two views).
+    'positive_similarity' (cosine similarity of the two views), and 'num_candidates' (float32:
+    the rows this replica's anchors were compared with, read from the gathered candidates, 2N
+    for the global batch; 2N_local would mean the negatives were only local).
     """
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r} must be > 0; the paper uses 0.1.")
@@ -82,5 +84,6 @@ def info_nce(z1: tf.Tensor, z2: tf.Tensor,
         "contrastive_accuracy": tf.reduce_mean(tf.cast(correct, tf.float32)),
         "contrastive_entropy": tf.reduce_mean(entropy),
         "positive_similarity": tf.reduce_mean(tf.reduce_sum(z1 * z2, axis=-1)),
+        "num_candidates": tf.cast(tf.shape(candidates)[0], tf.float32),
     }
     return loss, metrics

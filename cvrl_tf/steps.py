@@ -123,6 +123,7 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
     0.5 * wd * sum(w^2) over decay_variables (default: the model's trainable conv/dense kernels).
     Returns replica metrics: 'loss' (this replica's total, before the 1/num_replicas scaling),
     'contrastive_loss', 'contrastive_accuracy', 'contrastive_entropy', 'positive_similarity',
+    'num_candidates' (the clips info_nce compared each anchor with: 2B x replicas),
     'weight_decay_loss', 'grad_norm' (see _minimize), 'learning_rate', and with a probe
     'probe_loss', 'probe_accuracy'.
     """

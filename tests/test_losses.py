@@ -36,6 +36,9 @@ def test_matches_numpy_formula():
     np.testing.assert_allclose(metrics["contrastive_entropy"].numpy(), want_entropy, rtol=1e-4)
     cos = np.sum(z1 * z2, 1) / np.linalg.norm(z1, axis=1) / np.linalg.norm(z2, axis=1)
     np.testing.assert_allclose(metrics["positive_similarity"].numpy(), cos.mean(), rtol=1e-5)
+    # Every anchor was compared with the 2N = 12 clips it gathered (itself masked).
+    assert metrics["num_candidates"].dtype == tf.float32
+    assert metrics["num_candidates"].numpy() == 12.0
 
 
 def test_scale_invariant_and_float32_under_bfloat16():
@@ -81,9 +84,10 @@ def test_two_replicas_match_one_device_loss_and_gradients(two_replica_strategy):
         with tf.GradientTape() as tape:
             loss, metrics = info_nce(tf.matmul(a, w_mirrored), tf.matmul(b, w_mirrored), 0.1)
             scaled = loss / ctx.num_replicas_in_sync
-        return loss, metrics["contrastive_accuracy"], tape.gradient(scaled, w_mirrored)
+        return (loss, metrics["contrastive_accuracy"], metrics["num_candidates"],
+                tape.gradient(scaled, w_mirrored))
 
-    loss, acc, grad = tf.function(lambda: strategy.run(replica_fn))()
+    loss, acc, candidates, grad = tf.function(lambda: strategy.run(replica_fn))()
     mean = tf.distribute.ReduceOp.MEAN
     np.testing.assert_allclose(strategy.reduce(mean, loss, None).numpy(), want_loss.numpy(),
                                rtol=1e-5)
@@ -94,6 +98,9 @@ def test_two_replicas_match_one_device_loss_and_gradients(two_replica_strategy):
     # Each replica only sees half the batch, so its local loss differs from the global one.
     local = [v.numpy() for v in strategy.experimental_local_results(loss)]
     assert not np.allclose(local[0], local[1])
+    # ... but each compared its anchors with the whole global batch: 2 x replicas x n clips.
+    assert [c.numpy() for c in strategy.experimental_local_results(candidates)] == [
+        2.0 * replicas * n] * replicas
 
 
 def test_official_video_ssl_loss_is_twice_ours():
@@ -109,4 +116,5 @@ def test_official_video_ssl_loss_is_twice_ours():
         tf.constant(np.concatenate([z1, z2])), num_replicas=1, normalize_hidden=True,
         temperature=0.1, model=_NoDecay(), weight_decay=0.0)
     np.testing.assert_allclose(official["contrastive_loss"].numpy(), 2 * ours.numpy(), rtol=1e-5)
-    assert 0.0 <= metrics["contrastive_accuracy"].numpy() <= 1.0
+    np.testing.assert_allclose(metrics["contrastive_accuracy"].numpy(),
+                               _numpy_info_nce(z1, z2, 0.1)[1], rtol=1e-6)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf.losses import info_nce
 from cvrl_tf.models import CVRLModel, ClassifierModel, build_backbone, projection_head
 from cvrl_tf.models.heads import linear_classifier
 from cvrl_tf.optimizers import build_optimizer, decay_variables
@@ -81,6 +82,10 @@ def _one_vs_two_replicas(strategy, make_model, steps: int, lr: float, b: int = 2
                                single_metrics["contrastive_loss"], rtol=1e-4)
     np.testing.assert_allclose(strategy.reduce(mean, metrics["probe_loss"], None),
                                single_metrics["probe_loss"], rtol=1e-4)
+    # Both compared each anchor with all 2 x 2b clips: the loss gathered the other replica's.
+    assert single_metrics["num_candidates"].numpy() == 4 * b
+    assert [c.numpy() for c in strategy.experimental_local_results(
+        metrics["num_candidates"])] == [4 * b] * strategy.num_replicas_in_sync
     return initial, single.get_weights(), model.get_weights(), [v.path for v in single.weights]
 
 
@@ -145,29 +150,49 @@ def test_rejects_double_weight_decay_and_odd_batch():
 
 
 def test_pretrain_step_compiles_with_xla():
-    """The TPU proxy: forward, loss, backward and update in one jit_compile=True function."""
-    model = _tiny_cvrl(probe_classes=3)
-    before = [v.numpy() for v in model.trainable_variables]
+    """The TPU proxy: forward, loss, backward and update in one jit_compile=True function,
+    giving the metrics and the update of the same step run eagerly."""
+    batch = {"video": tf.constant(_videos(4, 3)), "label": tf.constant([0, 1, -1, 2])}
+    plain, model = _tiny_cvrl(probe_classes=3), _tiny_cvrl(probe_classes=3)
+    model.set_weights(plain.get_weights())
+    before = [v.numpy() for v in plain.trainable_variables]
+    want = make_pretrain_step(plain, _sgd(plain), weight_decay=1e-4)(batch)  # Eager.
     step = tf.function(make_pretrain_step(model, _sgd(model), weight_decay=1e-4),
                        jit_compile=True)
-    metrics = step({"video": tf.constant(_videos(4, 3)), "label": tf.constant([0, 1, -1, 2])})
-    assert np.isfinite(metrics["loss"].numpy())
-    assert 0.0 <= metrics["contrastive_accuracy"].numpy() <= 1.0
-    assert metrics["grad_norm"].numpy() > 0 and metrics["learning_rate"].numpy() == 0.1
-    changed = [not np.allclose(v.numpy(), w0) for v, w0 in zip(model.trainable_variables, before)]
-    assert sum(changed) > len(changed) // 2
+    metrics = step(batch)
+    for name in ("loss", "contrastive_loss", "probe_loss", "weight_decay_loss", "grad_norm"):
+        np.testing.assert_allclose(metrics[name], want[name], rtol=1e-4, err_msg=name)
+    for name in ("contrastive_accuracy", "probe_accuracy", "num_candidates", "learning_rate"):
+        assert metrics[name].numpy() == want[name].numpy(), name
+    assert metrics["num_candidates"].numpy() == 4.0 and metrics["learning_rate"].numpy() == 0.1
+    moved = 0
+    for v, w, w0 in zip(model.trainable_variables, plain.trainable_variables, before):
+        np.testing.assert_allclose(v.numpy() - w0, w.numpy() - w0, rtol=0,
+                                   atol=1e-3 * np.abs(w.numpy() - w0).max() + 1e-8)
+        moved += not np.allclose(v.numpy(), w0)
+    assert moved > len(before) // 2
 
 
 def test_pretrain_step_under_mixed_bfloat16():
+    """bfloat16 compute, float32 variables and loss: the step's loss is info_nce (in float32)
+    of the bf16 model's embeddings plus the float32 L2 term of the float32 kernels."""
+    batch = {"video": tf.constant(_videos(4, 4))}
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = _tiny_cvrl()
+        embedding = model(batch["video"], training=True)["embedding"]
+        want_contrastive, _ = info_nce(*tf.split(embedding, 2), temperature=0.1)
+        want_decay = 0.5 * 1e-4 * sum(np.sum(v.numpy().astype(np.float64) ** 2)
+                                      for v in decay_variables(model))
         step = tf.function(make_pretrain_step(model, _sgd(model), weight_decay=1e-4))
-        metrics = step({"video": tf.constant(_videos(4, 4))})
+        metrics = step(batch)
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    assert metrics["loss"].dtype == tf.float32 and np.isfinite(metrics["loss"].numpy())
+    assert metrics["loss"].dtype == tf.float32 and embedding.dtype == tf.float32
+    np.testing.assert_allclose(metrics["contrastive_loss"], want_contrastive, rtol=1e-5)
+    np.testing.assert_allclose(metrics["weight_decay_loss"], want_decay, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], want_contrastive + want_decay, rtol=1e-5)
     assert model.trainable_variables[0].dtype == "float32"
 
 
