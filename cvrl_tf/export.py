@@ -14,7 +14,9 @@ Signatures (every one maps `video` [B, T, H, W, 3] to {'features': [B, F] float3
 - `serving_float32`: float32 pixels in [0, 1] (what cvrl_tf.data.build_dataset yields).
 - `serving_uint8`: uint8 pixels, scaled to [0, 1] as the input pipeline does (x / 255).
 - `serving_default`: the one picked by --default_signature (float32 unless told otherwise).
-H and W are free; the backbone pools globally. Use the crop size it was trained with.
+H and W are free; the backbone pools globally. Use the crop size it was trained with:
+cvrl_tf_export.json records it under "clip" ({"num_frames", "stride", "crop_size"}, copied from
+model_dir/clip.json, which training writes), and cvrl_tf.features uses it by default.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from cvrl_tf.models import build_backbone
 
 BACKBONE_JSON = "backbone.json"
 METADATA_JSON = "cvrl_tf_export.json"  # Written next to saved_model.pb; loaders ignore it.
+CLIP_JSON = "clip.json"  # model_dir: the pretraining clip, {"num_frames", "stride", "crop_size"}.
+CLIP_KEYS = ("num_frames", "stride", "crop_size")
 SIGNATURES = ("float32", "uint8")
 _FORCED = {"sync_bn": False, "return_endpoints": False}  # Inference needs neither.
 
@@ -70,6 +74,42 @@ def read_backbone_json(path: str) -> dict:
         raise ValueError(f"Backbone config {path} has keys {unknown} that build_backbone does "
                          f"not take; it takes {sorted(known)}.")
     return kwargs
+
+
+def check_clip(clip, source: str) -> dict:
+    """The clip {"num_frames", "stride", "crop_size"} (positive ints); ValueError naming source."""
+    if not isinstance(clip, dict) or set(clip) != set(CLIP_KEYS) or not all(
+            isinstance(clip[k], int) and not isinstance(clip[k], bool) and clip[k] > 0
+            for k in CLIP_KEYS):
+        raise ValueError(f"The training clip in {source} must be a JSON object with positive "
+                         f"ints {list(CLIP_KEYS)}, got {clip!r}.")
+    return {k: clip[k] for k in CLIP_KEYS}
+
+
+def read_training_clip(model_dir: str) -> dict | None:
+    """model_dir/clip.json (the clip the model was trained on), or None when it is absent."""
+    path = os.path.join(model_dir, CLIP_JSON)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            clip = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Training clip {path} is not valid JSON ({e}).") from e
+    return check_clip(clip, path)
+
+
+def read_export_clip(saved_model_dir: str) -> dict | None:
+    """The training clip recorded in an export's cvrl_tf_export.json, or None."""
+    path = os.path.join(saved_model_dir, METADATA_JSON)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            clip = json.load(f).get("clip")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"Export metadata {path} is not a JSON object ({e}).") from e
+    return None if clip is None else check_clip(clip, path)
 
 
 def load_backbone(checkpoint: str, backbone_json: str | None = None) -> keras.Model:
@@ -129,8 +169,11 @@ def export(checkpoint: str, output_dir: str, backbone_json: str | None = None,
     prefix, model_dir = resolve_checkpoint(checkpoint)
     json_path = backbone_json or os.path.join(model_dir, BACKBONE_JSON)
     backbone = load_backbone(prefix, json_path)
-    return export_saved_model(backbone, output_dir, default_signature, metadata={
-        "checkpoint": prefix, "backbone_config": read_backbone_json(json_path)})
+    metadata = {"checkpoint": prefix, "backbone_config": read_backbone_json(json_path)}
+    clip = read_training_clip(model_dir)
+    if clip is not None:
+        metadata["clip"] = clip
+    return export_saved_model(backbone, output_dir, default_signature, metadata=metadata)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -149,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.exit(2, f"export: error: {e}\n")
     print(f"Exported {info['checkpoint']} to {args.output}: feature_dim={info['feature_dim']}, "
           f"signatures {', '.join(info['signatures'])} (default: {args.default_signature}).")
+    clip = info.get("clip")
+    print(f"Training clip: {clip['num_frames']} frames, stride {clip['stride']}, crop "
+          f"{clip['crop_size']} (cvrl_tf.features uses it by default)." if clip else
+          f"No {CLIP_JSON} next to the checkpoint: the export records no training clip.")
     return info
 
 

@@ -13,6 +13,10 @@ TFRecord glob (or 'tfds:...' pattern) read by build_dataset in eval mode. Either
 video gives --views TEMPORALxSPATIAL clips (evenly spaced starts x left/center/right square
 crops, as in evaluation) whose features are averaged. Output .npz: ids [N] str, labels [N]
 int64 (-1 when unknown), features [N, F] float32.
+
+--num_frames, --stride and --crop_size default to the clip the model was trained on, which
+export records in cvrl_tf_export.json ("clip"); explicit flags win. An export without it
+falls back to 16 frames, stride 2, crop 224 and says so.
 """
 from __future__ import annotations
 
@@ -26,10 +30,13 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from cvrl_tf import export as export_lib
 from cvrl_tf.data import pipeline, schema, spatial, temporal
 from cvrl_tf.data import video_list as video_list_lib
 
 VIDEO_LIST_SUFFIXES = (".csv", ".txt")
+# Without a recorded training clip: the paper's R3D-50 evaluation clip.
+DEFAULT_CLIP = {"num_frames": 16, "stride": 2, "crop_size": 224}
 
 
 def load_feature_fn(saved_model_dir: str) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -159,14 +166,40 @@ def parse_views(views: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2) or 1)
 
 
-def extract(saved_model: str, input_path: str, output: str, num_frames: int = 16,
-            stride: int = 2, crop_size: int = 224, views: str = "10x3", batch_size: int = 8,
-            label_map: str | None = None, fps: float | None = 25.0,
+def resolve_clip(saved_model: str, num_frames: int | None = None, stride: int | None = None,
+                 crop_size: int | None = None) -> dict:
+    """The clip to extract with: given values win, then the export's training clip, then
+    DEFAULT_CLIP (printing a note, since a model run on another clip gives weaker features)."""
+    given = {"num_frames": num_frames, "stride": stride, "crop_size": crop_size}
+    missing = [k for k, v in given.items() if v is None]
+    if not missing:
+        return given
+    trained = export_lib.read_export_clip(saved_model)
+    fallback = trained or DEFAULT_CLIP
+    clip = {k: fallback[k] if v is None else v for k, v in given.items()}
+    flags = " ".join(f"--{k} {clip[k]}" for k in missing)
+    if trained:
+        print(f"Using the model's training clip from {export_lib.METADATA_JSON}: {flags}")
+    else:
+        print(f"Note: {saved_model} records no training clip (no 'clip' in "
+              f"{export_lib.METADATA_JSON}); using {flags}. Pass the flags that match how the "
+              f"model was trained.")
+    return clip
+
+
+def extract(saved_model: str, input_path: str, output: str, num_frames: int | None = None,
+            stride: int | None = None, crop_size: int | None = None, views: str = "10x3",
+            batch_size: int = 8, label_map: str | None = None, fps: float | None = 25.0,
             short_side: int | None = 256) -> dict:
-    """Extracts features for `input_path` and writes them to the .npz `output`."""
+    """Extracts features for `input_path` and writes them to the .npz `output`.
+
+    num_frames, stride and crop_size left None come from `resolve_clip`.
+    """
     num_temporal, num_spatial = parse_views(views)
     fn = load_feature_fn(saved_model)
-    args = (num_frames, stride, crop_size, num_temporal, num_spatial, batch_size)
+    clip = resolve_clip(saved_model, num_frames, stride, crop_size)
+    args = (clip["num_frames"], clip["stride"], clip["crop_size"], num_temporal, num_spatial,
+            batch_size)
     if input_path.lower().endswith(VIDEO_LIST_SUFFIXES) or os.path.isdir(input_path):
         result = extract_from_videos(fn, input_path, *args, label_map=label_map, fps=fps,
                                      short_side=short_side)
@@ -189,9 +222,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="TFRecord glob / 'tfds:...' pattern, .csv/.txt video list or "
                         "folder of class sub-folders")
     parser.add_argument("--output", required=True, help="features .npz to write")
-    parser.add_argument("--num_frames", type=int, default=16, help="frames per clip (T)")
-    parser.add_argument("--stride", type=int, default=2, help="temporal stride of a clip")
-    parser.add_argument("--crop_size", type=int, default=224, help="square crop side (S)")
+    trained = " (default: the model's training clip, else %s)"
+    parser.add_argument("--num_frames", type=int, default=None,
+                        help="frames per clip (T)" + trained % DEFAULT_CLIP["num_frames"])
+    parser.add_argument("--stride", type=int, default=None,
+                        help="temporal stride of a clip" + trained % DEFAULT_CLIP["stride"])
+    parser.add_argument("--crop_size", type=int, default=None,
+                        help="square crop side (S)" + trained % DEFAULT_CLIP["crop_size"])
     parser.add_argument("--views", default="10x3", help="TEMPORALxSPATIAL views per video")
     parser.add_argument("--batch_size", type=int, default=8, help="clips per backbone call")
     parser.add_argument("--label_map", default=None, help="label_map.txt for a video list")

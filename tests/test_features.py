@@ -151,3 +151,36 @@ def _label_map(tmp_path):
     path = tmp_path / "label_map.txt"
     path.write_text("run\nwalk\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def trained_clip_model(model, tmp_path_factory):
+    """The same backbone exported with a recorded training clip of 4 frames, stride 2, crop 32."""
+    backbone, _ = model
+    out = str(tmp_path_factory.mktemp("sm_clip") / "saved_model")
+    export.export_saved_model(backbone, out, metadata={"clip": CLIP})
+    return out
+
+
+def test_clip_defaults_to_the_training_clip_and_flags_win(model, trained_clip_model, capsys):
+    _, plain = model
+    assert features.resolve_clip(trained_clip_model) == CLIP
+    assert "training clip" in capsys.readouterr().out
+    assert features.resolve_clip(trained_clip_model, num_frames=6, crop_size=40) == dict(
+        CLIP, num_frames=6, crop_size=40)
+    assert features.resolve_clip(trained_clip_model, 2, 1, 16) == dict(
+        num_frames=2, stride=1, crop_size=16)
+    assert features.resolve_clip(plain) == features.DEFAULT_CLIP == dict(
+        num_frames=16, stride=2, crop_size=224)
+    assert "records no training clip" in capsys.readouterr().out
+
+
+def test_cli_without_clip_flags_uses_the_training_clip(trained_clip_model, records, tmp_path):
+    common = ["--saved_model", trained_clip_model, "--input", records["eval_pattern"],
+              "--views", "1x1"]
+    default = features.main(common + ["--output", str(tmp_path / "a.npz")])
+    explicit = features.main(common + ["--output", str(tmp_path / "b.npz"), "--num_frames", "4",
+                                       "--stride", "2", "--crop_size", "32"])
+    np.testing.assert_array_equal(default["features"], explicit["features"])
+    other = features.main(common + ["--output", str(tmp_path / "c.npz"), "--crop_size", "24"])
+    assert not np.allclose(other["features"], default["features"], atol=1e-4)
