@@ -33,6 +33,7 @@ import tensorflow as tf
 import tqdm
 
 from cvrl_tf import export as export_lib
+from cvrl_tf import projector
 from cvrl_tf.data import pipeline, schema, spatial, temporal
 from cvrl_tf.data import video_list as video_list_lib
 
@@ -251,8 +252,6 @@ def extract(saved_model: str, input_path: str, output: str, num_frames: int | No
 def _write_projector(projector_dir: str, thumbnails: np.ndarray, result: dict, input_path: str,
                      label_map: str | None) -> None:
     """The projector files; class names from label_map, else the records' label_map.txt."""
-    from cvrl_tf import projector  # pylint: disable=import-outside-toplevel
-
     if not label_map and not input_path.startswith("tfds:") and not (
             input_path.lower().endswith(VIDEO_LIST_SUFFIXES) or os.path.isdir(input_path)):
         beside = schema.label_map_path(os.path.dirname(schema.resolve_files(input_path)[0]))
