@@ -22,7 +22,8 @@ import tensorflow as tf
 from cvrl_tf.config import ConfigError, warn
 
 BACKBONE_JSON = "backbone.json"
-CLIP_JSON = "clip.json"
+CLIP_JSON = "clip.json"  # The training clip: {"num_frames", "stride", "crop_size"}.
+CLIP_KEYS = ("num_frames", "stride", "crop_size")
 # Backbone settings that must match between a pretraining run and its warm start.
 ARCHITECTURE_KEYS = ("depth", "width_multiplier", "stem", "temporal_kernels", "base_filters",
                      "blocks_per_stage")
@@ -135,6 +136,24 @@ def read_backbone_json(path: str, build_backbone: Optional[Callable] = None) -> 
         raise ValueError(f"Backbone config {path} has keys {unknown} that build_backbone does "
                          f"not take; it takes {sorted(known)}.")
     return kwargs
+
+
+def check_clip(clip, source: str) -> dict:
+    """The clip {"num_frames", "stride", "crop_size"} (positive ints); ValueError naming source."""
+    if not isinstance(clip, dict) or set(clip) != set(CLIP_KEYS) or not all(
+            isinstance(clip[k], int) and not isinstance(clip[k], bool) and clip[k] > 0
+            for k in CLIP_KEYS):
+        raise ValueError(f"The training clip in {source} must be a JSON object with positive "
+                         f"ints {list(CLIP_KEYS)}, got {clip!r}.")
+    return {k: clip[k] for k in CLIP_KEYS}
+
+
+def read_clip_json(model_dir: str) -> Optional[dict]:
+    """model_dir/clip.json (the clip the model was trained on), or None when it is absent."""
+    path = os.path.join(model_dir, CLIP_JSON)
+    if not tf.io.gfile.exists(path):
+        return None
+    return check_clip(read_json(path, "Training clip"), path)
 
 
 def backbone_json_near(path: str) -> Optional[dict]:

@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from cvrl_tf import models
+from cvrl_tf.data import schema
 
 MODES = ("pretrain", "linear_eval", "finetune", "evaluate")
 CLASSIFIERS = ("linear", "finetune", "probe")
@@ -150,9 +151,7 @@ def examples_per_epoch(cfg: JobConfig) -> Optional[int]:
         return cfg.num_train_examples
     if not cfg.train_data:
         return None
-    from cvrl_tf.data import schema  # pylint: disable=import-outside-toplevel
-    counter = getattr(schema, "read_example_count", None)
-    count = counter(cfg.train_data) if counter else None
+    count = schema.read_example_count(cfg.train_data)
     if count:
         logging.info("Epochs count %d training examples, as recorded next to %s.", count,
                      cfg.train_data)

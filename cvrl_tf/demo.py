@@ -8,7 +8,9 @@ Steps, all through train.py's gin root (gin/experiments/demo_*.gin):
 3. linear-evaluate the pretrained backbone and a randomly initialized one of the same
    architecture (OUTPUT_DIR/linear_eval_cvrl, OUTPUT_DIR/linear_eval_random);
 4. print a table and write OUTPUT_DIR/results.json:
-   {"linear_top1": {"cvrl": x, "random_init": y}, "linear_top5": {...}, ...}.
+   {"linear_top1": {"cvrl": x, "random_init": y}, "linear_top5": {...}, ...};
+5. draw the eval-set features of the random and the CVRL backbone, coloured by class, to
+   OUTPUT_DIR/embeddings.png (PCA; cvrl_tf/plots.py) and name it.
 Training runs start fresh each time (the data set is reused).
 """
 import argparse
@@ -19,6 +21,10 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from cvrl_tf import checkpoints
+from cvrl_tf import export
+from cvrl_tf import features
+from cvrl_tf import plots
 from cvrl_tf import summaries
 from cvrl_tf import train
 from cvrl_tf.data import schema
@@ -70,7 +76,9 @@ def run_demo(output_dir: str, gin_params: Sequence[str] = (), num_train: int = 6
                                           model_dir=model_dir)
         times[f"linear_eval_{name}"] = time.time() - t
 
+    embedding_map = write_embedding_map(output_dir, dirs, data_dir, linear)
     results = {
+        "embedding_map": embedding_map,
         "linear_top1": {k: float(v["eval"]["top1"]) for k, v in linear.items()},
         "linear_top5": {k: float(v["eval"]["top5"]) for k, v in linear.items()},
         "pretrain": {"steps": pretrain["global_step"],
@@ -95,6 +103,32 @@ def _print_table(results: dict) -> None:
           f"{100 * top5['random_init']:>7.1f}%")
     print(f"  CVRL - random: {gain:+.1f} points of top-1; "
           f"wall time {results['wall_time_sec']['total'] / 60:.1f} min")
+    if results.get("embedding_map"):
+        print(f"Embedding map of the eval set (random init vs CVRL): {results['embedding_map']}")
+
+
+def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
+                        ) -> Optional[str]:
+    """OUTPUT_DIR/embeddings.png: eval-set features (centre clip) of the random backbone (the
+    linear eval's frozen one) and of the CVRL backbone, PCA, coloured by class."""
+    clip = checkpoints.read_clip_json(dirs["pretrain"])
+    if clip is None:
+        print(f"No {checkpoints.CLIP_JSON} in {dirs['pretrain']}: no embedding map.", flush=True)
+        return None
+    print("\n== Embedding map of the eval set ==", flush=True)
+    panels = []
+    for name, key, model_dir in (("random init", "random_init", dirs["linear_eval_random"]),
+                                 ("CVRL", "cvrl", dirs["pretrain"])):
+        backbone = export.load_backbone(model_dir)
+        out = features.extract_from_records(
+            lambda clips, b=backbone: b(clips, training=False), os.path.join(
+                data_dir, "eval-*.tfrecord"), clip["num_frames"], clip["stride"],
+            clip["crop_size"], 1, 1, batch_size=100)
+        top1 = 100 * float(linear[key]["eval"]["top1"])
+        panels.append((f"{name}: linear top-1 {top1:.1f}%", out["features"], out["labels"]))
+    names = schema.read_label_map(schema.label_map_path(data_dir))
+    return plots.plot_embedding_map(os.path.join(output_dir, "embeddings.png"), panels, names,
+                                    title="Eval-set features, centre clip (PCA)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

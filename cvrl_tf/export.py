@@ -14,7 +14,9 @@ Signatures (every one maps `video` [B, T, H, W, 3] to {'features': [B, F] float3
 - `serving_float32`: float32 pixels in [0, 1] (what cvrl_tf.data.build_dataset yields).
 - `serving_uint8`: uint8 pixels, scaled to [0, 1] as the input pipeline does (x / 255).
 - `serving_default`: the one picked by --default_signature (float32 unless told otherwise).
-H and W are free; the backbone pools globally. Use the crop size it was trained with.
+H and W are free; the backbone pools globally. Use the crop size it was trained with:
+cvrl_tf_export.json records it under "clip" ({"num_frames", "stride", "crop_size"}, copied from
+model_dir/clip.json, which training writes), and cvrl_tf.features uses it by default.
 """
 from __future__ import annotations
 
@@ -32,6 +34,19 @@ from cvrl_tf.models import build_backbone
 METADATA_JSON = "cvrl_tf_export.json"  # Written next to saved_model.pb; loaders ignore it.
 SIGNATURES = ("float32", "uint8")
 _FORCED = {"sync_bn": False, "return_endpoints": False}  # Inference needs neither.
+
+
+def read_export_clip(saved_model_dir: str) -> dict | None:
+    """The training clip recorded in an export's cvrl_tf_export.json, or None."""
+    path = os.path.join(saved_model_dir, METADATA_JSON)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            clip = json.load(f).get("clip")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"Export metadata {path} is not a JSON object ({e}).") from e
+    return None if clip is None else checkpoints.check_clip(clip, path)
 
 
 def load_backbone(checkpoint: str, backbone_json: str | None = None) -> keras.Model:
@@ -87,8 +102,12 @@ def export(checkpoint: str, output_dir: str, backbone_json: str | None = None,
     prefix, model_dir = checkpoints.resolve(checkpoint)
     json_path = backbone_json or os.path.join(model_dir, checkpoints.BACKBONE_JSON)
     backbone = load_backbone(prefix, json_path)
-    return export_saved_model(backbone, output_dir, default_signature, metadata={
-        "checkpoint": prefix, "backbone_config": checkpoints.read_backbone_json(json_path)})
+    metadata = {"checkpoint": prefix,
+                "backbone_config": checkpoints.read_backbone_json(json_path)}
+    clip = checkpoints.read_clip_json(model_dir)
+    if clip is not None:
+        metadata["clip"] = clip
+    return export_saved_model(backbone, output_dir, default_signature, metadata=metadata)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -107,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.exit(2, f"export: error: {e}\n")
     print(f"Exported {info['checkpoint']} to {args.output}: feature_dim={info['feature_dim']}, "
           f"signatures {', '.join(info['signatures'])} (default: {args.default_signature}).")
+    clip = info.get("clip")
+    print(f"Training clip: {clip['num_frames']} frames, stride {clip['stride']}, crop "
+          f"{clip['crop_size']} (cvrl_tf.features uses it by default)." if clip else
+          f"No {checkpoints.CLIP_JSON} next to the checkpoint: the export records no training clip.")
     return info
 
 

@@ -86,26 +86,12 @@ def _train_dataset_fn(cfg: JobConfig, builders: Builders) -> Callable:
     return dataset_fn
 
 
-def _with_candidates(replica_step: steps.Step, rows_per_replica: int) -> steps.Step:
-    """Adds 'num_candidates': clips of the global batch that info_nce compares each anchor
-    with (it gathers every replica's embeddings in this same replica context)."""
-    def step(batch):
-        outputs = dict(replica_step(batch))
-        ctx = tf.distribute.get_replica_context()
-        outputs["num_candidates"] = ctx.all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.constant(float(rows_per_replica)))
-        return outputs
-    return step
-
-
 def _trainer(cfg: JobConfig, strategy: tf.distribute.Strategy, parts: _Parts,
              dataset_fn: Callable, schedule: config.Schedule, jit: bool) -> trainer_lib.Trainer:
     """The orbit trainer running the mode's replica step."""
     if cfg.mode == "pretrain":
-        replica_step = _with_candidates(
-            steps.make_pretrain_step(parts.model, parts.optimizer, cfg.temperature,
-                                     parts.loss_weight_decay),
-            2 * cfg.global_batch_size // strategy.num_replicas_in_sync)
+        replica_step = steps.make_pretrain_step(parts.model, parts.optimizer, cfg.temperature,
+                                                parts.loss_weight_decay)
         metric_names = steps.PRETRAIN_METRICS + (
             steps.PROBE_METRICS if parts.model.probe is not None else ())
         clips_per_step = 2 * cfg.global_batch_size

@@ -89,9 +89,10 @@ def test_folder_convert_resamples_resizes_and_skips_bad_files(video_dir, tmp_pat
     assert set(skipped) == {"broken.mp4", "notes.txt", "empty.avi"} and all(skipped.values())
     assert skipped["empty.avi"] == "ValueError: no frames decoded"
     assert schema.read_label_map(os.path.join(out, "label_map.txt")) == ["ClassA", "ClassB"]
-    assert sorted(os.listdir(out)) == ["convert_report.json", "label_map.txt",
-                                       "train-00000-of-00002.tfrecord",
+    assert sorted(os.listdir(out)) == ["convert_report.json", "example_counts.json",
+                                       "label_map.txt", "train-00000-of-00002.tfrecord",
                                        "train-00001-of-00002.tfrecord"]
+    assert schema.read_example_count(os.path.join(out, "train-*")) == 4
     saved = json.load(open(os.path.join(out, "convert_report.json")))["train"]
     assert saved["videos_written"] == 4 and saved["videos_skipped"] == 3
     assert saved["bytes"] == sum(os.path.getsize(os.path.join(out, f"train-0000{i}-of-00002"
@@ -172,6 +173,33 @@ def test_rerun_keeps_finished_shards_and_overwrites_stale_tmp(video_dir, tmp_pat
                           for r in second)
     with pytest.raises(ValueError, match="another sharding"):
         convert.convert(video_dir, str(out), num_shards=3, progress=False)
+
+
+def test_counts_are_right_after_a_killed_run_resumes(video_dir, tmp_path):
+    """A run killed after its first shard left no report: the rerun counts that shard."""
+    full = str(tmp_path / "full")
+    convert.convert(video_dir, full, fps=5, short_side=8, num_shards=2, progress=False)
+    out = tmp_path / "killed"
+    out.mkdir()
+    first = "train-00000-of-00002.tfrecord"
+    shutil.copy(os.path.join(full, first), out / first)  # All the killed run left behind.
+    in_first = sum(1 for _ in tf.data.TFRecordDataset(str(out / first)))
+    report = convert.convert(video_dir, str(out), fps=5, short_side=8, num_shards=2,
+                             progress=False)
+    assert report["shards_already_complete"] == [first] and report["videos_written"] == 4
+    assert report["shards"][first]["videos"] == in_first > 0
+    assert report["frames"] == sum(len(r[0]) for r in _records(str(out)).values())
+    assert schema.read_example_count(str(out / "train-*.tfrecord")) == 4
+    assert schema.read_example_count(str(out / first)) == in_first
+    again = convert.convert(video_dir, str(out), fps=5, short_side=8, num_shards=2,
+                            progress=False)  # Everything finished: counts from the report.
+    assert again["shards_written"] == 0 and again["videos_written"] == 4
+    # A second split in the same directory keeps the first one's counts.
+    convert.convert(video_dir, str(out), fps=5, short_side=8, num_shards=1,
+                    split_name="eval", progress=False)
+    counts = json.load(open(out / "example_counts.json"))
+    assert {k: v["num_examples"] for k, v in counts.items()} == {"train": 4, "eval": 4}
+    assert schema.read_example_count(str(out / "*.tfrecord")) == 8
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 
 from cvrl_tf import demo
 from cvrl_tf.data import synthetic
@@ -23,6 +24,10 @@ def test_demo_writes_results_and_names_its_dir_last(tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert "Using the motion data set" in "\n".join(printed)
     assert printed[-1] == f"Results written to {out}"
+    assert printed[-2] == ("Embedding map of the eval set (random init vs CVRL): "
+                           f"{out}/embeddings.png")
+    with open(out / "embeddings.png", "rb") as f:
+        assert tuple(tf.io.decode_png(f.read()).shape) == (450, 800, 4)
     assert any("CVRL - random" in line for line in printed)
     with open(out / "results.json") as f:
         saved = json.load(f)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import checkpoints
 from cvrl_tf import export
 from cvrl_tf.models import build_backbone
 
@@ -158,3 +159,34 @@ def test_clear_errors(exported, tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main(["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")])
     assert "missing' is neither a directory nor a checkpoint prefix" in capsys.readouterr().err
+
+
+def test_training_clip_is_copied_into_the_export_metadata(exported, tmp_path, capsys):
+    model_dir, _, first = exported
+    with open(os.path.join(first, export.METADATA_JSON)) as f:
+        assert "clip" not in json.load(f)  # The module fixture's model_dir has no clip.json.
+    run = tmp_path / "run"
+    run.mkdir()
+    make_checkpoint(run)
+    (run / checkpoints.CLIP_JSON).write_text(json.dumps(
+        {"num_frames": 8, "stride": 2, "crop_size": 32}))
+    out = str(tmp_path / "sm")
+    info = export.main(["--checkpoint", str(run), "--output", out])
+    assert info["clip"] == {"num_frames": 8, "stride": 2, "crop_size": 32}
+    assert "Training clip: 8 frames, stride 2, crop 32" in capsys.readouterr().out
+    assert export.read_export_clip(out) == info["clip"]
+    with open(os.path.join(out, export.METADATA_JSON)) as f:
+        assert json.load(f)["clip"] == info["clip"]
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{8, 2}", "is not valid JSON"),
+    ('{"num_frames": 8, "stride": 2}', "positive ints"),
+    ('{"num_frames": 8, "stride": 0, "crop_size": 32}', "positive ints"),
+    ('{"num_frames": 8.0, "stride": 2, "crop_size": 32}', "positive ints"),
+])
+def test_malformed_training_clip_is_one_clear_error(tmp_path, content, match):
+    (tmp_path / checkpoints.CLIP_JSON).write_text(content)
+    with pytest.raises(ValueError, match=f"clip.*{match}"):
+        checkpoints.read_clip_json(str(tmp_path))
+    assert checkpoints.read_clip_json(str(tmp_path / "elsewhere")) is None

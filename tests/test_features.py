@@ -1,4 +1,5 @@
 """Tests for cvrl_tf.features: TFRecords and raw videos -> averaged clip features (.npz)."""
+import json
 import os
 
 import av
@@ -151,3 +152,103 @@ def _label_map(tmp_path):
     path = tmp_path / "label_map.txt"
     path.write_text("run\nwalk\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def trained_clip_model(model, tmp_path_factory):
+    """The same backbone exported with a recorded training clip of 4 frames, stride 2, crop 32."""
+    backbone, _ = model
+    out = str(tmp_path_factory.mktemp("sm_clip") / "saved_model")
+    export.export_saved_model(backbone, out, metadata={"clip": CLIP})
+    return out
+
+
+def test_clip_defaults_to_the_training_clip_and_flags_win(model, trained_clip_model, capsys):
+    _, plain = model
+    assert features.resolve_clip(trained_clip_model) == CLIP
+    assert "training clip" in capsys.readouterr().out
+    assert features.resolve_clip(trained_clip_model, num_frames=6, crop_size=40) == dict(
+        CLIP, num_frames=6, crop_size=40)
+    assert features.resolve_clip(trained_clip_model, 2, 1, 16) == dict(
+        num_frames=2, stride=1, crop_size=16)
+    assert features.resolve_clip(plain) == features.DEFAULT_CLIP == dict(
+        num_frames=16, stride=2, crop_size=224)
+    assert "records no training clip" in capsys.readouterr().out
+
+
+def test_cli_without_clip_flags_uses_the_training_clip(trained_clip_model, records, tmp_path):
+    common = ["--saved_model", trained_clip_model, "--input", records["eval_pattern"],
+              "--views", "1x1"]
+    default = features.main(common + ["--output", str(tmp_path / "a.npz")])
+    explicit = features.main(common + ["--output", str(tmp_path / "b.npz"), "--num_frames", "4",
+                                       "--stride", "2", "--crop_size", "32"])
+    np.testing.assert_array_equal(default["features"], explicit["features"])
+    other = features.main(common + ["--output", str(tmp_path / "c.npz"), "--crop_size", "24"])
+    assert not np.allclose(other["features"], default["features"], atol=1e-4)
+
+
+def _projector_app(logdir):
+    """TensorBoard 2.20's projector plugin on logdir, as `tensorboard --logdir` serves it."""
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.projector import projector_plugin
+    from werkzeug import test as werkzeug_test
+    plugin = projector_plugin.ProjectorPlugin(base_plugin.TBContext(logdir=logdir))
+    routes = plugin.get_plugin_apps()
+
+    def get(route, **args):
+        response = werkzeug_test.Client(routes[route]).get(route, query_string=args)
+        assert response.status_code == 200, (route, response.get_data(as_text=True))
+        return response.get_data()
+    return get
+
+
+def test_projector_files_are_consistent_and_read_by_tensorboard(model, records, tmp_path,
+                                                                  capsys):
+    _, saved_model = model
+    logdir = str(tmp_path / "projector")
+    result = features.main([
+        "--saved_model", saved_model, "--input", records["eval_pattern"], "--output",
+        str(tmp_path / "f.npz"), "--views", "3x3", "--projector_dir", logdir,
+        *(f"--{k}={v}" for k, v in CLIP.items())])
+    assert "tensorboard --logdir" in capsys.readouterr().out
+    with np.load(tmp_path / "f.npz") as data:
+        assert "thumbnails" not in data and len(data["ids"]) == 5
+    assert sorted(os.listdir(logdir)) == [
+        "checkpoint", "embedding-1.data-00000-of-00001", "embedding-1.index", "metadata.tsv",
+        "projector_config.pbtxt", "sprite.png"]
+    get = _projector_app(logdir)
+    assert json.loads(get("/runs")) == ["."]
+    config = json.loads(get("/info", run="."))
+    (embedding,) = config["embeddings"]
+    name = embedding["tensorName"]
+    assert [int(d) for d in embedding["tensorShape"]] == [5, 128]
+    assert embedding["metadataPath"] == "metadata.tsv"
+    assert embedding["sprite"] == {"imagePath": "sprite.png", "singleImageDim": [64, 64]}
+    tensor = np.frombuffer(get("/tensor", run=".", name=name), np.float32).reshape(5, 128)
+    np.testing.assert_array_equal(tensor, result["features"])
+    rows = get("/metadata", run=".", name=name).decode().splitlines()
+    assert rows[0] == "id\tlabel\tclass" and len(rows) == 6  # Header + N rows, in order.
+    for row, video_id, label in zip(rows[1:], result["ids"], result["labels"]):
+        assert row == f"{video_id}\t{label}\t{synthetic.CLASS_NAMES[label]}"
+    sprite = tf.io.decode_png(get("/sprite_image", run=".", name=name)).numpy()
+    assert sprite.shape == (2 * 64, 3 * 64, 3)  # 5 thumbnails, 3 per row.
+    # Thumbnail i is the middle frame of video i's central view (temporal view 1 of 3,
+    # centre crop), the crop the model saw.
+    ds = pipeline.build_dataset(records["eval_pattern"], "eval", 1, **CLIP, num_temporal_views=3,
+                                num_spatial_views=3, repeat=False, drop_remainder=False)
+    by_id = {b["id"].numpy()[0].decode(): b["video"][0, 4, 2] for b in ds}
+    for i, video_id in enumerate(result["ids"]):
+        r, c = divmod(i, 3)
+        want = tf.image.resize(by_id[video_id] * 255.0, (64, 64), "area").numpy()
+        got = sprite[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64].astype(np.float32)
+        assert np.abs(got - want).max() <= 1.0, video_id
+    assert not sprite[64:, 2 * 64:].any()  # The unused cell stays black.
+
+
+def test_sprite_fits_the_projector_limit():
+    from cvrl_tf import projector
+    thumbs = np.full((10, 64, 64, 3), 200, np.uint8)
+    sprite = projector.sprite_image(thumbs, max_side=100)  # 4 per row: 25-pixel thumbnails.
+    assert sprite.shape == (3 * 25, 4 * 25, 3) and sprite[:25, :25].min() == 200
+    with pytest.raises(ValueError, match="uint8"):
+        projector.sprite_image(thumbs.astype(np.float32))

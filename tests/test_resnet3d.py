@@ -187,3 +187,65 @@ def test_mixed_bfloat16_computes_in_bf16_and_pools_to_float32():
         keras.mixed_precision.set_global_policy(previous)
     assert model.get_layer("res3_block1_conv_b").compute_dtype == "bfloat16"
     assert out["res5"].dtype == tf.bfloat16 and out["pooled"].dtype == tf.float32
+
+
+R3D50_BLOCKS = (3, 4, 6, 3)
+INIT_TOLERANCE = 0.05  # Relative; the smallest R3D-50 kernel (64x64) has 4096 weights, SE ~1%.
+
+
+def _mg_conv_pairs(mg, ours, blocks):
+    """(our Conv3D, the Model Garden's Conv3D) for every conv of R3D, block by block."""
+    pairs = [(ours.get_layer("stem_conv"), mg.layers[1])]
+    mg_blocks = [l for l in mg.layers if type(l).__name__ == "BottleneckBlock3D"]
+    names = [f"res{s + 2}_block{b + 1}" for s, n in enumerate(blocks) for b in range(n)]
+    assert len(mg_blocks) == len(names)
+    for block, name in zip(mg_blocks, names):
+        convs = [("_temporal_conv", "_conv_a"), ("_spatial_conv", "_conv_b"),
+                 ("_expand_conv", "_conv_c")]
+        if block._shortcut_conv.weights:
+            convs.append(("_shortcut_conv", "_shortcut_conv"))
+        pairs += [(ours.get_layer(name + suffix), getattr(block, attr)) for attr, suffix in convs]
+    return pairs
+
+
+def _init_std_mismatches(ours, mg, blocks, tolerance=INIT_TOLERANCE):
+    """Names of our convs whose initial kernel std is off the reference's or sqrt(1/fan_in),
+    or whose weights exceed the truncation bound (2 untruncated standard deviations)."""
+    bad = []
+    for our_conv, mg_conv in _mg_conv_pairs(mg, ours, blocks):
+        w = our_conv.kernel.numpy()
+        ref = mg_conv.kernel.numpy()
+        assert w.shape == ref.shape, our_conv.name
+        fan_in = int(np.prod(w.shape[:-1]))
+        target = np.sqrt(1.0 / fan_in)  # VarianceScaling(1, fan_in) after truncation.
+        # Keras and tf_keras scale the untruncated normal by 1/0.8796 so the kept part has
+        # std `target`, and cut at 2 of those standard deviations.
+        bound = 2.0 * target / 0.87962566103423978
+        assert abs(ref.std() / target - 1) < tolerance, mg_conv.name  # The reference is it.
+        if (abs(w.std() / ref.std() - 1) > tolerance or abs(w.std() / target - 1) > tolerance
+                or np.abs(w).max() > bound * (1 + 1e-6) or abs(w.mean()) > 0.1 * target):
+            bad.append(our_conv.name)
+    return bad
+
+
+def _r3d50_pair(seed=0):
+    keras.utils.set_random_seed(seed)
+    mg = _mg_resnet3d(50, R3D50_BLOCKS, (4, 32, 32, 3))
+    ours = build_backbone(50, input_shape=(4, 32, 32, 3))
+    return ours, mg
+
+
+def test_r3d50_initial_kernels_match_model_garden_statistics():
+    """Every conv of R3D-50: std within 5% of the Model Garden's and of sqrt(1/fan_in)."""
+    ours, mg = _r3d50_pair()
+    assert len(_mg_conv_pairs(mg, ours, R3D50_BLOCKS)) == 1 + 3 * 16 + 4
+    assert _init_std_mismatches(ours, mg, R3D50_BLOCKS) == []
+
+
+def test_initial_kernel_check_fails_with_he_normal(monkeypatch):
+    """he_normal (variance scale 2) would pass unnoticed if the check could not fail."""
+    from cvrl_tf.models import resnet3d
+    monkeypatch.setattr(resnet3d, "kernel_initializer", keras.initializers.HeNormal)
+    ours, mg = _r3d50_pair()
+    names = [c.name for c, _ in _mg_conv_pairs(mg, ours, R3D50_BLOCKS)]
+    assert _init_std_mismatches(ours, mg, R3D50_BLOCKS) == names

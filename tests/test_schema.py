@@ -1,4 +1,7 @@
-"""The record schema: SequenceExample build/parse round trips and label maps."""
+"""The record schema: SequenceExample build/parse round trips, label maps, example counts."""
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,3 +78,76 @@ def test_label_map_round_trip(tmp_path):
     assert schema.shard_filename("train", 2, 10) == "train-00002-of-00010.tfrecord"
     with pytest.raises(ValueError, match="does not exist"):
         schema.read_label_map(str(tmp_path / "missing.txt"))
+
+
+def _shards(data_dir, split, counts):
+    """Writes `split` shards holding counts[i] dummy records each; returns their paths."""
+    paths = []
+    for i, n in enumerate(counts):
+        path = os.path.join(data_dir, schema.shard_filename(split, i, len(counts)))
+        with tf.io.TFRecordWriter(path) as writer:
+            for _ in range(n):
+                writer.write(b"x")
+        paths.append(path)
+    return paths
+
+
+def test_example_counts_are_exact_for_any_pattern(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    os.makedirs(a)
+    os.makedirs(b)
+    schema.write_example_counts(a, "train", {p: n for p, n in zip(
+        _shards(a, "train", [3, 2, 4]), [3, 2, 4])})
+    schema.write_example_counts(a, "eval", dict(zip(_shards(a, "eval", [5]), [5])))
+    schema.write_example_counts(b, "train", dict(zip(_shards(b, "train", [7]), [7])))
+    count = schema.read_example_count
+    assert count(os.path.join(a, "train-*")) == 9
+    assert count(os.path.join(a, "eval-*.tfrecord")) == 5
+    assert count(os.path.join(a, "train-00001-of-00003.tfrecord")) == 2  # Part of a split.
+    assert count(os.path.join(a, "*.tfrecord")) == 14  # Both splits of one directory.
+    assert count(f"{a}/train-*,{b}/train-*") == 16  # Two directories.
+    assert count([os.path.join(a, "eval-*"), os.path.join(b, "train-*")]) == 12
+    assert count(os.path.join(b, "*")) is None  # It matches example_counts.json, not a shard.
+    saved = json.load(open(schema.example_counts_path(a)))
+    assert saved["train"] == {"num_examples": 9, "shards": {
+        "train-00000-of-00003.tfrecord": 3, "train-00001-of-00003.tfrecord": 2,
+        "train-00002-of-00003.tfrecord": 4}}
+    # Rewriting a split replaces its entry and keeps the other split.
+    schema.write_example_counts(a, "train", dict(zip(_shards(a, "train", [3, 2, 4]), [1, 1, 1])))
+    assert count(os.path.join(a, "train-*")) == 3 and count(os.path.join(a, "eval-*")) == 5
+
+
+def test_example_count_is_none_when_not_recorded(tmp_path):
+    assert schema.read_example_count("tfds:ucf101/ucf101_1/train") is None
+    assert schema.read_example_count(str(tmp_path / "nothing-*.tfrecord")) is None
+    _shards(str(tmp_path), "train", [2, 2])
+    assert schema.read_example_count(str(tmp_path / "train-*")) is None  # No count file.
+    schema.write_example_counts(str(tmp_path), "train", {
+        schema.shard_filename("train", 0, 2): 2})
+    # One matched shard has no recorded count: nothing is guessed.
+    assert schema.read_example_count(str(tmp_path / "train-*")) is None
+    assert schema.read_example_count(str(tmp_path / "train-00000-*")) == 2
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object of splits"),
+    ('{"train": {"num_examples": 3}}', "split 'train' needs 'num_examples' and 'shards'"),
+    ('{"train": {"num_examples": 3, "shards": {"train-00000-of-00001.tfrecord": -3}}}',
+     "ints >= 0"),
+    ('{"train": {"num_examples": 4, "shards": {"train-00000-of-00001.tfrecord": 3}}}',
+     "num_examples=4 but its shards add up to 3"),
+    ('{"a": {"num_examples": 1, "shards": {"train-00000-of-00001.tfrecord": 1}},'
+     ' "b": {"num_examples": 1, "shards": {"train-00000-of-00001.tfrecord": 1}}}',
+     "listed under both 'a' and 'b'"),
+])
+def test_malformed_example_count_file_is_one_clear_error(tmp_path, content, match):
+    _shards(str(tmp_path), "train", [3])
+    path = schema.example_counts_path(str(tmp_path))
+    with open(path, "w") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=f"Example count file {path} is malformed.*{match}"):
+        schema.read_example_count(str(tmp_path / "train-*"))
+    # The writers replace a malformed file instead of failing at the end of a conversion.
+    schema.write_example_counts(str(tmp_path), "train", {"train-00000-of-00001.tfrecord": 3})
+    assert schema.read_example_count(str(tmp_path / "train-*")) == 3

@@ -22,6 +22,11 @@ def test_write_dataset_files_counts_and_cli(tmp_path):
     assert len(records) == 7
     assert all(r["frames"].shape == (6,) and r["label"].shape == (1,) for r in records)
     assert tf.io.decode_jpeg(records[0]["frames"][0]).shape == (16, 16, 3)
+    counts = {os.path.basename(f): sum(1 for _ in tf.data.TFRecordDataset(f)) for f in train}
+    assert counts == {"train-00000-of-00002.tfrecord": 4, "train-00001-of-00002.tfrecord": 3}
+    assert schema.read_example_count(info["train_pattern"]) == 7
+    assert schema.read_example_count(info["eval_pattern"]) == 3
+    assert schema.read_example_count(os.path.join(str(tmp_path / "a"), "train-00001-*")) == 3
     ids = {r["id"].numpy() for r in records}
     assert len(ids) == 7 and b"synthetic-train-00000" in ids
     # Deterministic from the seed (the CLI writes the same bytes), different for another seed.

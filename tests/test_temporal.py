@@ -90,12 +90,65 @@ def test_seeded_draws_replay_eagerly_and_in_tf_data():
     assert temporal.sample_clip_starts(50, 8, 2).shape == (2,)  # seed=None draws a seed.
 
 
-def test_short_video_starts_at_zero_and_wraps():
-    starts = temporal.sample_clip_starts(3, 8, 2, seed=[0, 1]).numpy()
-    np.testing.assert_array_equal(starts, [0, 0])
+def test_clip_frame_indices_wrap_around_a_short_video():
     np.testing.assert_array_equal(temporal.clip_frame_indices(0, 5, 4, 2).numpy(), [0, 2, 4, 1])
     np.testing.assert_array_equal(temporal.clip_frame_indices([1, 3], 10, 3, 3).numpy(),
                                   [[1, 4, 7], [3, 6, 9]])
+
+
+def test_valid_starts_of_long_exact_and_short_videos():
+    # T=8, s=2 spans 15 frames: 20 frames give 6 starts, 15 give 1, and a 14-frame video loops
+    # so each of its 14 starts is a different clip.
+    assert [int(temporal.num_valid_starts(n, 8, 2)) for n in (20, 15, 14, 5, 1, 0)] == \
+        [6, 1, 14, 5, 1, 1]
+
+
+SHORT = dict(num_frames=5, clip_frames=8, stride=2)  # L=5 frames, a clip spans 15: it loops.
+
+
+def _short_starts(distribution, n=4000, seed=11):
+    seeds = tf.random.stateless_uniform([n, 2], [seed, 3], maxval=2**30, dtype=tf.int32)
+    return _draw_starts(seeds, SHORT["num_frames"], SHORT["clip_frames"], SHORT["stride"],
+                        distribution).numpy()
+
+
+@pytest.mark.parametrize("distribution", temporal.DISTRIBUTIONS)
+def test_short_video_starts_spread_over_the_loop_with_the_chosen_gaps(distribution):
+    length = SHORT["num_frames"]
+    starts = _short_starts(distribution)
+    assert starts.min() >= 0 and starts.max() <= length - 1
+    for column in (0, 1):  # Each clip's start is uniform over the whole loop.
+        counts = np.bincount(starts[:, column], minlength=length) / len(starts)
+        assert np.abs(counts - 1 / length).max() < 0.03, (distribution, column, counts)
+    # Clip B starts d frames after clip A on the loop, d ~ interval_pmf(distribution, L); the
+    # random order turns d into L - d half the time.
+    pmf = temporal.interval_pmf(distribution, length)
+    expected = 0.5 * pmf + 0.5 * pmf[(-np.arange(length)) % length]
+    shift = np.bincount((starts[:, 1] - starts[:, 0]) % length, minlength=length) / len(starts)
+    assert 0.5 * np.abs(shift - expected).sum() < 0.04, (distribution, shift, expected)
+    identical = np.mean(starts[:, 0] == starts[:, 1])
+    if distribution == "zero":
+        assert identical == 1.0
+    else:  # Before, every pair of a short video was two identical clips.
+        assert identical == pytest.approx(pmf[0], abs=0.03) and identical < 0.5
+
+
+def test_short_video_uniform_gives_the_official_independent_starts():
+    """Model Garden's sample_ssl_sequence: two independent uniform starts on the loop."""
+    length = SHORT["num_frames"]
+    starts = _short_starts("uniform", n=5000, seed=12)
+    joint = np.bincount(starts[:, 0] * length + starts[:, 1], minlength=length**2) / len(starts)
+    assert 0.5 * np.abs(joint - 1 / length**2).sum() < 0.06
+
+
+def test_short_video_supervised_start_is_uniform_over_the_loop():
+    draw = tf.function(lambda seeds: tf.map_fn(
+        lambda s: temporal.sample_clip_start(5, 8, 2, seed=s), seeds,
+        fn_output_signature=tf.int32))
+    starts = draw(tf.random.stateless_uniform([2000, 2], [6, 6], maxval=2**30,
+                                              dtype=tf.int32)).numpy()
+    counts = np.bincount(starts, minlength=5) / 2000
+    assert len(counts) == 5 and np.abs(counts - 0.2).max() < 0.04
 
 
 def test_train_clip_start_is_uniform_over_valid_starts():

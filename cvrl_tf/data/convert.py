@@ -8,7 +8,9 @@ Each video is resampled to `fps` by timestamp, resized to `short_side` (aspect k
 as one JPEG per frame. One process task writes one shard to a hidden `.tmp-<shard>` file and
 renames it when complete, so a killed run leaves no half shard and a rerun skips the finished
 ones. A video that cannot be decoded is reported and skipped; DIR/convert_report.json keeps
-the counts.
+the counts, and DIR/example_counts.json the videos per shard of each split (what training reads
+to turn epochs into steps; schema.read_example_count). A shard finished by a killed run, whose
+count no report holds, is counted from its records when the rerun resumes.
 """
 import argparse
 import concurrent.futures
@@ -27,6 +29,7 @@ import av
 import numpy as np
 import tensorflow as tf
 import tqdm
+from google.protobuf import message
 
 from cvrl_tf.data import schema
 from cvrl_tf.data.video_list import VideoSpec, read_video_list
@@ -156,6 +159,20 @@ def write_shard(path: str, videos: Sequence[tuple[VideoSpec, int]], fps: Optiona
     return stats
 
 
+def count_shard(path: str) -> dict:
+    """Counts the videos and frames of a finished shard by reading its records (the counts of
+    a shard that a killed run completed but never reported)."""
+    stats = {"videos": 0, "frames": 0, "bytes": tf.io.gfile.stat(path).length, "skipped": []}
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        stats["videos"] += 1  # Every record is read as a video (a bad one is reported then).
+        try:
+            example = tf.train.SequenceExample.FromString(record)
+        except message.DecodeError:
+            continue
+        stats["frames"] += len(example.feature_lists.feature_list[schema.IMAGE_KEY].feature)
+    return stats
+
+
 def _class_names(specs: Sequence[VideoSpec], label_map: Optional[str], output_dir: str
                  ) -> tuple[list[str], str]:
     """The label map to use (given file, else the output's existing one, else sorted names)."""
@@ -266,7 +283,8 @@ def convert(input_path: str, output_dir: str, *, fps: Optional[float] = 25.0,
         path = os.path.join(output_dir, name)
         if tf.io.gfile.exists(path):  # Finished by an earlier run: keep it.
             done.append(name)
-            shards[name] = old.get("shards", {}).get(name, {"videos": None, "skipped": []})
+            known = old.get("shards", {}).get(name, {})
+            shards[name] = known if known.get("videos") is not None else count_shard(path)
         else:
             tasks[name] = (path, videos[s::num_shards], fps, short_side, jpeg_quality)
 
@@ -290,22 +308,23 @@ def convert(input_path: str, output_dir: str, *, fps: Optional[float] = 25.0,
     if pool:
         pool.shutdown()
 
-    counted = [s for s in shards.values() if s.get("videos") is not None]
     skipped += [item for s in shards.values() for item in s.get("skipped", [])]
     report = {
         "input": input_path, "output_dir": output_dir, "split": split_name,
         "fps": fps, "short_side": short_side, "jpeg_quality": jpeg_quality,
         "label_map": label_source, "num_classes": len(names), "num_shards": num_shards,
         "videos_listed": len(specs),
-        "videos_written": sum(s["videos"] for s in counted),
-        "frames": sum(s["frames"] for s in counted),
-        "bytes": sum(s["bytes"] for s in counted),
+        "videos_written": sum(s["videos"] for s in shards.values()),
+        "frames": sum(s["frames"] for s in shards.values()),
+        "bytes": sum(s["bytes"] for s in shards.values()),
         "videos_skipped": len(skipped), "skipped": skipped,
         "shards_written": len(tasks) - len(failed), "shards_already_complete": done,
         "shards_failed": failed, "seconds": round(time.time() - began, 2),
         "shards": dict(sorted(shards.items())),
     }
     _update_report(output_dir, split_name, report)
+    schema.write_example_counts(output_dir, split_name,
+                                {name: s["videos"] for name, s in shards.items()})
     return report
 
 

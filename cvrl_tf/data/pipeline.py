@@ -26,19 +26,8 @@ _JPEG_MAGIC = b"\xff\xd8"
 _NO_COLOR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
 
 
-def resolve_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
-    """Sorted files matching a glob, comma-separated globs or a list; ValueError when empty."""
-    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
-    patterns = [p.strip() for p in patterns if p and p.strip()]
-    if not patterns:
-        raise ValueError(f"Empty file pattern {file_pattern!r}: give a glob of TFRecord files.")
-    files = []
-    for pattern in patterns:
-        matched = tf.io.gfile.glob(pattern)
-        if not matched:
-            raise ValueError(f"File pattern {pattern!r} matches no files.")
-        files.extend(matched)
-    return sorted(set(files))
+# Re-exported: the glob rule lives with the on-disk layout in schema.py.
+resolve_files = schema.resolve_files
 
 
 def check_example(example: dict, clip_span: int, num_classes: Optional[int],

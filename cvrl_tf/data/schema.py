@@ -4,9 +4,12 @@ A video is one `tf.train.SequenceExample`: feature list `image/encoded` (one JPE
 context `clip/label/index` (int64, 0+ values), optional context `clip/label/text` (bytes) and
 `clip/media_id` (bytes, the video id). Every source (TFRecords, TFDS) meets the pipeline as the
 parsed-example dict `{'frames': string [L], 'label': int32 [n], 'id': string []}`.
+On disk, a data set directory holds the shards, label_map.txt and example_counts.json (the
+videos of each shard, recorded by the writers; `read_example_count` answers for a pattern).
 """
+import json
 import os
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +19,8 @@ LABEL_KEY = "clip/label/index"
 LABEL_TEXT_KEY = "clip/label/text"
 MEDIA_ID_KEY = "clip/media_id"
 LABEL_MAP_NAME = "label_map.txt"
+# Next to the shards: {split: {"num_examples": n, "shards": {shard basename: videos}}}.
+EXAMPLE_COUNTS_NAME = "example_counts.json"
 
 
 def encode_frames(frames: np.ndarray, quality: int = 90) -> list[bytes]:
@@ -103,3 +108,112 @@ def read_label_map(path: str) -> list[str]:
 def label_map_path(data_dir: str) -> str:
     """The label map location of a data set directory."""
     return os.path.join(data_dir, LABEL_MAP_NAME)
+
+
+def resolve_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
+    """Sorted files matching a glob, comma-separated globs or a list; ValueError when empty."""
+    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
+    patterns = [p.strip() for p in patterns if p and p.strip()]
+    if not patterns:
+        raise ValueError(f"Empty file pattern {file_pattern!r}: give a glob of TFRecord files.")
+    files = []
+    for pattern in patterns:
+        matched = tf.io.gfile.glob(pattern)
+        if not matched:
+            raise ValueError(f"File pattern {pattern!r} matches no files.")
+        files.extend(matched)
+    return sorted(set(files))
+
+
+def example_counts_path(data_dir: str) -> str:
+    """Where the writers record the number of videos per shard of each split."""
+    return os.path.join(data_dir, EXAMPLE_COUNTS_NAME)
+
+
+def _read_example_counts(path: str) -> dict:
+    """{split: {'num_examples': n, 'shards': {name: n}}} from `path`, checked; ValueError if
+    malformed."""
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"Example count file {path} is malformed ({reason}); rewrite the data "
+                          f"set with the converter or the synthetic writer, or delete the file.")
+
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            counts = json.load(f)
+        except json.JSONDecodeError as e:
+            raise bad(f"not valid JSON: {e}") from e
+    if not isinstance(counts, dict):
+        raise bad(f"a JSON object of splits is needed, not {type(counts).__name__}")
+    owner = {}
+    for split, entry in counts.items():
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        total = entry.get("num_examples") if isinstance(entry, dict) else None
+        if not isinstance(shards, dict) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                for n in list(shards.values()) + [total]):
+            raise bad(f"split {split!r} needs 'num_examples' and 'shards' "
+                      f"{{shard file: count}} with counts that are ints >= 0")
+        if sum(shards.values()) != total:
+            raise bad(f"split {split!r} has num_examples={total} but its shards add up to "
+                      f"{sum(shards.values())}")
+        for name in shards:
+            if name in owner:
+                raise bad(f"shard {name!r} is listed under both {owner[name]!r} and {split!r}")
+            owner[name] = split
+    return counts
+
+
+def write_example_counts(data_dir: str, split: str, shard_counts: Mapping[str, int]) -> str:
+    """Records the videos in each shard of `split` (basename -> count) in data_dir's
+    example_counts.json, replacing that split's entry and keeping the others; returns the path.
+
+    Written to a temporary file and renamed, so a reader never sees half a file. A malformed
+    existing file is replaced rather than failing a long conversion at its last step.
+    """
+    path = example_counts_path(data_dir)
+    try:
+        counts = _read_example_counts(path) if tf.io.gfile.exists(path) else {}
+    except ValueError:
+        counts = {}
+    shards = {os.path.basename(name): int(n) for name, n in sorted(shard_counts.items())}
+    counts[split] = {"num_examples": sum(shards.values()), "shards": shards}
+    for other, entry in counts.items():  # A shard belongs to the split that wrote it last.
+        if other != split and set(entry["shards"]) & set(shards):
+            kept = {k: n for k, n in entry["shards"].items() if k not in shards}
+            counts[other] = {"num_examples": sum(kept.values()), "shards": kept}
+    tmp_path = os.path.join(data_dir, f".tmp-{EXAMPLE_COUNTS_NAME}")
+    with tf.io.gfile.GFile(tmp_path, "w") as f:
+        f.write(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp_path, path, overwrite=True)
+    return path
+
+
+def read_example_count(file_pattern: Union[str, Sequence[str]]) -> Optional[int]:
+    """The number of videos in the files `file_pattern` matches, as their writers recorded it.
+
+    Counts are per shard (example_counts.json in each shard's directory), so the result is exact
+    for any pattern: one split, part of one, several splits or directories. None when the
+    pattern is 'tfds:...', matches no files, or any matched file has no recorded count (then
+    nothing is guessed); ValueError when a count file is malformed.
+    """
+    if isinstance(file_pattern, str) and file_pattern.startswith("tfds:"):
+        return None
+    try:
+        files = resolve_files(file_pattern)
+    except ValueError:  # No files: build_dataset says so when it reads the pattern.
+        return None
+    per_dir = {}
+    total = 0
+    for path in files:
+        data_dir = os.path.dirname(path)
+        if data_dir not in per_dir:
+            counts_path = example_counts_path(data_dir)
+            counts = (_read_example_counts(counts_path) if tf.io.gfile.exists(counts_path)
+                      else {})
+            per_dir[data_dir] = {name: n for entry in counts.values()
+                                 for name, n in entry["shards"].items()}
+        count = per_dir[data_dir].get(os.path.basename(path))
+        if count is None:
+            return None
+        total += count
+    return total

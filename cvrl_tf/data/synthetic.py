@@ -86,7 +86,8 @@ def render_video(rng: np.random.Generator, label: int, num_frames: int = 32,
 
 def write_split(output_dir: str, split: str, num_videos: int, num_frames: int, size: int,
                 num_shards: int, seed: int, jpeg_quality: int = 90) -> list[str]:
-    """Writes one split as `<split>-0000i-of-0000N.tfrecord`, classes balanced; returns files."""
+    """Writes one split as `<split>-0000i-of-0000N.tfrecord`, classes balanced, and records its
+    videos per shard in example_counts.json (schema.write_example_counts); returns the files."""
     num_shards = max(1, min(num_shards, num_videos))
     split_key = sum(split.encode())
     labels = np.random.default_rng([seed, split_key]).permutation(
@@ -105,13 +106,16 @@ def write_split(output_dir: str, split: str, num_videos: int, num_frames: int, s
     finally:
         for w in writers:
             w.close()
+    schema.write_example_counts(output_dir, split, {  # Video i went to shard i % num_shards.
+        path: len(range(s, num_videos, num_shards)) for s, path in enumerate(paths)})
     return paths
 
 
 def write_dataset(output_dir: str, num_train: int = 600, num_eval: int = 300,
                   num_frames: int = 32, size: int = 48, num_shards: int = 4, seed: int = 0
                   ) -> dict:
-    """Writes the motion data set (train and eval splits, label_map.txt); deterministic in seed.
+    """Writes the motion data set (train and eval splits, label_map.txt, example_counts.json);
+    deterministic in seed.
 
     Returns {'train_pattern', 'eval_pattern', 'label_map', 'num_train', 'num_eval',
     'num_classes', 'class_names', 'num_frames', 'size'}.

@@ -3,8 +3,15 @@
 A video has L stored frames; a clip is T frames at stride s, spanning (T-1)*s+1 frames, so
 K = L - (T-1)*s clip starts are valid. The interval d between the two clips of a video is drawn
 from a distribution on 0..K-1 (`interval_pmf`), clip A starts uniformly in 0..K-1-d, clip B at
-A + d, then the two are swapped with probability 0.5 (SPEC.md). Videos shorter than one clip
-(K < 1) are treated as K = 1 and their frame indices wrap around (the video loops).
+A + d, then the two are swapped with probability 0.5 (SPEC.md).
+
+Videos shorter than one clip (L < (T-1)*s+1) loop: frame indices wrap around modulo L, and
+every one of the L starts on the loop gives a different clip, so K = L. Clip A then starts
+uniformly in 0..L-1 and clip B d frames later on the loop, with d drawn as above on 0..L-1.
+This generalizes the Model Garden's video_ssl (`sample_ssl_sequence`), which draws both starts
+independently and uniformly in 0..L-1 for such videos: that is exactly what 'uniform' gives
+here, while 'zero' still gives two clips at one start and 'decreasing' favours small shifts.
+Before, both clips started at frame 0 (identical clips, a positive pair for free).
 """
 from typing import Optional, Union
 
@@ -32,8 +39,18 @@ def _check_distribution(distribution: str, power: float) -> None:
 
 
 def num_valid_starts(num_frames, clip_frames: int, stride: int):
-    """K = L - (T-1)*s, at least 1 (a short video loops, so it has one start: 0)."""
-    return tf.maximum(tf.cast(num_frames, tf.int32) - (clip_frames - 1) * stride, 1)
+    """K = L - (T-1)*s, or L for a video shorter than one clip (it loops; every start differs).
+
+    At least 1. As the Model Garden's `sample_sequence`/`sample_ssl_sequence` max_offset.
+    """
+    length = tf.cast(num_frames, tf.int32)
+    k = length - (clip_frames - 1) * stride
+    return tf.maximum(tf.where(k >= 1, k, length), 1)
+
+
+def _loops(num_frames, clip_frames: int, stride: int) -> tf.Tensor:
+    """Whether the video is shorter than one clip, so its frame indices wrap (bool scalar)."""
+    return tf.cast(num_frames, tf.int32) < (clip_frames - 1) * stride + 1
 
 
 def _interval_pmf_tf(distribution: str, num_starts, power: float = 1.0) -> tf.Tensor:
@@ -78,19 +95,29 @@ def sample_interval(num_starts, distribution: str = "decreasing", power: float =
 def sample_clip_starts(num_frames, clip_frames: int, stride: int,
                        distribution: str = "decreasing", power: float = 1.0,
                        seed: SeedLike = None) -> tf.Tensor:
-    """The starts of the two clips of one video, int32 [2] (SPEC.md interval sampling)."""
+    """The starts of the two clips of one video, int32 [2] in 0..L-1 (SPEC.md interval sampling).
+
+    d ~ interval_pmf(distribution, K); clip A starts uniformly in 0..K-1-d and clip B at A + d,
+    in random order. A video shorter than one clip loops (module docstring): A is uniform in
+    0..L-1 and B = (A + d) mod L, so its two clips differ unless d = 0.
+    """
     seeds = tf.random.experimental.stateless_split(resolve_seed(seed), 3)
     k = num_valid_starts(num_frames, clip_frames, stride)
     d = sample_interval(k, distribution, power, seed=seeds[0])
-    start_a = tf.random.stateless_uniform([], seeds[1], minval=0, maxval=k - d, dtype=tf.int32)
-    starts = tf.stack([start_a, start_a + d])
+    loops = _loops(num_frames, clip_frames, stride)
+    start_a = tf.random.stateless_uniform([], seeds[1], minval=0,
+                                          maxval=tf.where(loops, k, k - d), dtype=tf.int32)
+    starts = tf.math.floormod(tf.stack([start_a, start_a + d]), k)  # k = L when it loops.
     swap = tf.random.stateless_uniform([], seeds[2]) < 0.5
     return tf.where(swap, tf.reverse(starts, [0]), starts)
 
 
 def sample_clip_start(num_frames, clip_frames: int, stride: int,
                       seed: SeedLike = None) -> tf.Tensor:
-    """One uniformly random clip start in 0..K-1 (int32 scalar): supervised training clips."""
+    """One uniformly random clip start in 0..K-1 (int32 scalar): supervised training clips.
+
+    K = L for a video shorter than one clip (any start on the loop), as the Model Garden's
+    `sample_sequence`."""
     k = num_valid_starts(num_frames, clip_frames, stride)
     return tf.random.stateless_uniform([], resolve_seed(seed), minval=0, maxval=k,
                                        dtype=tf.int32)
