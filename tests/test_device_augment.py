@@ -24,11 +24,12 @@ def _clips(n=2, t=3, seed=0):
     return tf.constant(rng.uniform(0.05, 0.95, (n, t, S, S, 3)), tf.float32)
 
 
-def _apply(x, rows):
-    return da.apply_params(x, tf.constant(rows, tf.float32)).numpy()
+def _apply(x, rows, batched=True):
+    return da.apply_params(x, tf.constant(rows, tf.float32), batched).numpy()
 
 
-def test_each_clip_gets_its_own_jitter_factors_as_tf_image_does():
+@pytest.mark.parametrize("batched", [True, False])
+def test_each_clip_gets_its_own_jitter_factors_as_tf_image_does(batched):
     x = _clips()
     cases = [  # (row, reference on one clip)
         (_row(jitter=1, brightness=1.3), lambda c: tf.clip_by_value(c * 1.3, 0, 1)),
@@ -43,15 +44,16 @@ def test_each_clip_gets_its_own_jitter_factors_as_tf_image_does():
         (_row(solarize=1, threshold=0.6), lambda c: tf.where(c >= 0.6, 1 - c, c)),
     ]
     for row, reference in cases:
-        out = _apply(x, [row, _row()])  # The second clip keeps identity parameters.
+        out = _apply(x, [row, _row()], batched)  # The second clip keeps identity parameters.
         np.testing.assert_allclose(out[0], reference(x[0]).numpy(), atol=2e-6)
         np.testing.assert_allclose(out[1], x[1].numpy(), atol=1e-7)
 
 
-def test_blur_uses_each_clips_kernel():
+@pytest.mark.parametrize("batched", [True, False])
+def test_blur_uses_each_clips_kernel(batched):
     x = _clips(t=2)
     taps = np.array([0.25, 0.5, 0.25], np.float32)
-    out = _apply(x, [_row(blur=1, taps=taps), _row(blur=1, taps=IDENTITY_TAPS)])
+    out = _apply(x, [_row(blur=1, taps=taps), _row(blur=1, taps=IDENTITY_TAPS)], batched)
     kernel = np.outer(taps, taps)
     padded = np.pad(x[0].numpy(), ((0, 0), (1, 1), (1, 1), (0, 0)))  # 'SAME', zero padding
     expected = sum(kernel[i, j] * padded[:, i:i + S, j:j + S] for i in range(3) for j in range(3))
@@ -63,13 +65,14 @@ def test_blur_uses_each_clips_kernel():
     np.testing.assert_allclose(row[da.NUM_SCALARS:].sum(), 1.0, rtol=1e-5)
 
 
-def test_jitter_order_is_per_clip():
+@pytest.mark.parametrize("batched", [True, False])
+def test_jitter_order_is_per_clip(batched):
     x = _clips(n=1)
     factors = dict(jitter=1, brightness=1.6, hue=0.1)
-    bright_first = _apply(x, [_row(order=(0, 3, 1, 2), **factors)])[0]
-    hue_first = _apply(x, [_row(order=(3, 0, 1, 2), **factors)])[0]
+    bright_first = _apply(x, [_row(order=(0, 3, 1, 2), **factors)], batched)[0]
+    hue_first = _apply(x, [_row(order=(3, 0, 1, 2), **factors)], batched)[0]
     both = _apply(tf.concat([x, x], 0), [_row(order=(0, 3, 1, 2), **factors),
-                                         _row(order=(3, 0, 1, 2), **factors)])
+                                         _row(order=(3, 0, 1, 2), **factors)], batched)
     expected_b = tf.image.adjust_hue(tf.clip_by_value(x[0] * 1.6, 0, 1), 0.1).numpy()
     expected_h = tf.clip_by_value(tf.image.adjust_hue(x[0], 0.1) * 1.6, 0, 1).numpy()
     np.testing.assert_allclose(bright_first, expected_b, atol=2e-6)
@@ -136,31 +139,36 @@ def test_jitter_factor_ranges():
     assert 0.6 <= half[:, da.BRIGHTNESS].min() and half[:, da.BRIGHTNESS].max() <= 1.4
 
 
-def test_per_frame_parameters_draw_per_frame():
+@pytest.mark.parametrize("batched", [True, False])
+def test_per_frame_parameters_draw_per_frame(batched):
     still = tf.tile(_clips(n=1, t=1), [2, 4, 1, 1, 1])  # Two clips of 4 identical frames.
     per_clip = tf.stack([da.draw_params(tf.constant([i, 5]), 1, S) for i in range(2)])
     per_frame = tf.stack([da.draw_params(tf.constant([i, 5]), 1, S, 4) for i in range(2)])
     assert per_frame.shape == (2, 4, WIDTH)
-    consistent = da.apply_params(still, per_clip).numpy()
-    frames = da.apply_params(still, per_frame).numpy()
+    consistent = da.apply_params(still, per_clip, batched).numpy()
+    frames = da.apply_params(still, per_frame, batched).numpy()
     for clip in consistent:
         assert all(np.array_equal(clip[0], f) for f in clip[1:])
     assert all(not all(np.array_equal(clip[0], f) for f in clip[1:]) for clip in frames)
     # A frame's parameters act on that frame as a one-frame clip would.
-    one = da.apply_params(still[:1, :1], per_frame[0, :1]).numpy()
+    one = da.apply_params(still[:1, :1], per_frame[0, :1], batched).numpy()
     np.testing.assert_allclose(frames[:1, :1], one, atol=1e-6)
 
 
-def test_compiles_with_xla_and_matches_eager():
+def test_both_forms_compile_with_xla_and_agree():
     video = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 3, S, S, 3)), tf.uint8)
     rows = tf.stack([da.draw_params(tf.constant([i, 9]), 1 + i % 2, S) for i in range(4)])
     frames = tf.stack([da.draw_params(tf.constant([i, 9]), 2, S, 3) for i in range(4)])
     for params in (rows, frames):
         batch = {"video": video, da.PARAMS_KEY: params, "label": tf.constant([0, 1, 2, 3])}
-        eager = da.augment_batch(batch)
-        compiled = tf.function(da.augment_batch, jit_compile=True)(batch)
-        assert set(compiled) == {"video", "label"} and compiled["video"].dtype == tf.float32
-        np.testing.assert_allclose(compiled["video"].numpy(), eager["video"].numpy(), atol=1e-5)
+        per_clip = da.augment_batch(batch, batched=False)["video"].numpy()
+        for batched in (True, False):
+            compiled = tf.function(lambda b, x=batched: da.augment_batch(b, x),
+                                   jit_compile=True)(batch)
+            assert set(compiled) == {"video", "label"} and compiled["video"].dtype == tf.float32
+            np.testing.assert_allclose(compiled["video"].numpy(), per_clip, atol=1e-5)
+        np.testing.assert_allclose(da.augment_batch(batch, batched=True)["video"].numpy(),
+                                   per_clip, atol=1e-5)
 
 
 def test_uint8_input_and_batches_without_parameters():

@@ -281,7 +281,7 @@ def _augmented(clips: tf.Tensor, params: tf.Tensor, on_device: bool) -> dict:
     for the device, or the float32 clips augmented here (the same function the device runs)."""
     if on_device:
         return {"video": clips, device_augment.PARAMS_KEY: params}
-    return {"video": device_augment.apply_params(clips, params)}
+    return {"video": device_augment.apply_params(clips, params, batched=False)}
 
 
 def _pretrain_clips(frames, seed, num_frames, stride, crop_size, distribution, power,

@@ -169,8 +169,9 @@ def _decode_scaled_resized(jpegs: tf.Tensor, window: tf.Tensor, image_size: tf.T
     extent = tf.cast(tf.maximum(region[2:] - 1, 1), tf.float32)  # crop_and_resize's scale
     box = tf.concat([first / extent, last / extent], 0)
     num = tf.shape(jpegs)[0]
-    resized = tf.image.crop_and_resize(decoded, tf.tile(box[tf.newaxis], [num, 1]),
-                                       tf.range(num), [crop_size, crop_size])
+    resized = tf.image.crop_and_resize(tf.cast(decoded, tf.float32),
+                                       tf.tile(box[tf.newaxis], [num, 1]), tf.range(num),
+                                       [crop_size, crop_size])
     return tf.cast(resized + 0.5, tf.uint8)
 
 
@@ -278,7 +279,7 @@ def augment_frames(clip: tf.Tensor, view: int = 1, consistent: bool = True,
     num_frames = None if consistent else (clip.shape[0] or tf.shape(clip)[0])
     params = device_augment.draw_params(resolve_seed(seed), view, clip.shape[1], num_frames,
                                         **augment_kwargs)
-    return device_augment.apply_params(clip[tf.newaxis], params[tf.newaxis])[0]
+    return device_augment.apply_params(clip[tf.newaxis], params[tf.newaxis], batched=False)[0]
 
 
 def augment_clip(frames: tf.Tensor, crop_size: int, view: int = 1, consistent: bool = True,
@@ -293,4 +294,4 @@ def augment_clip(frames: tf.Tensor, crop_size: int, view: int = 1, consistent: b
     """
     clip, params = clip_and_params(frames, crop_size, view, consistent, seed, area_range,
                                    aspect_ratio_range, **augment_kwargs)
-    return device_augment.apply_params(clip[tf.newaxis], params[tf.newaxis])[0]
+    return device_augment.apply_params(clip[tf.newaxis], params[tf.newaxis], batched=False)[0]
