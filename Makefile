@@ -22,9 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)  # side-by-side ratios against the Model Garden; minutes, not part of the suite
-	$(BIN)/python -m bench.bench_model
-	$(BIN)/python -m bench.bench_input
+bench: $(STAMP)  # side-by-side against the Model Garden (docs/BENCHMARKS.md); minutes each
+	nice -n 10 $(BIN)/python -m bench.input_pipeline
+	nice -n 10 $(BIN)/python -m bench.train_step
 
 clean:
 	rm -rf runs .pytest_cache

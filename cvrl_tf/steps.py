@@ -26,6 +26,7 @@ from typing import Callable, Dict, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from cvrl_tf.data import device_augment
 from cvrl_tf.losses import info_nce
 from cvrl_tf.optimizers import decay_variables as default_decay_variables
 
@@ -39,6 +40,7 @@ CLASSIFIER_METRICS = ("loss", "classification_loss", "accuracy", "weight_decay_l
 
 Batch = Dict[str, tf.Tensor]
 Step = Callable[[Batch], Dict[str, tf.Tensor]]
+Augment = Optional[Callable[[Batch], Batch]]
 
 
 def _num_replicas() -> int:
@@ -106,6 +108,17 @@ def _minimize(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                 grad_norm=grad_norm * num_replicas / loss_scale)
 
 
+def _augmented(batch: Batch, augment: Augment) -> Batch:
+    """The batch after the device-side augmentation (a no-op for host-augmented batches)."""
+    if augment is None:
+        if device_augment.PARAMS_KEY in batch:
+            raise ValueError(f"The batch carries {device_augment.PARAMS_KEY!r} (build_dataset("
+                             f"augment_on='device')) but the step has augment=None; pass "
+                             f"augment=device_augment.augment_batch.")
+        return batch
+    return augment(batch)
+
+
 def _logits(outputs) -> tf.Tensor:
     """The float32 logits of a model output (a tensor or a dict with 'logits')."""
     return tf.cast(outputs["logits"] if isinstance(outputs, dict) else outputs, tf.float32)
@@ -114,11 +127,15 @@ def _logits(outputs) -> tf.Tensor:
 def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                        temperature: float = 0.1, weight_decay: float = 0.0,
                        probe_loss_weight: float = 1.0,
-                       decay_variables: Optional[Sequence] = None) -> Step:
+                       decay_variables: Optional[Sequence] = None,
+                       augment: Augment = device_augment.augment_batch) -> Step:
     """The CVRL replica step: InfoNCE (+ online probe) (+ L2 on kernels), one optimizer update.
 
     batch: {'video': [2B, T, H, W, 3] with rows i and B + i the two views of video i,
-    'label': [2B] (only for the probe; labels < 0 are ignored)}. model(video, training=True)
+    'label': [2B] (only for the probe; labels < 0 are ignored)}, or with video uint8 and
+    'aug_params' (build_dataset(augment_on='device')): `augment` (default
+    device_augment.augment_batch, a no-op on float batches) turns it into float32 clips first,
+    in the replica step, so on the accelerator. model(video, training=True)
     returns {'embedding', optional 'probe_logits'} (a CVRLModel). weight_decay adds
     0.5 * wd * sum(w^2) over decay_variables (default: the model's trainable conv/dense kernels).
     Returns replica metrics: 'loss' (this replica's total, before the 1/num_replicas scaling),
@@ -136,6 +153,7 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
                    else default_decay_variables(model)) if weight_decay else []
 
     def step(batch: Batch) -> Dict[str, tf.Tensor]:
+        batch = _augmented(batch, augment)
         video = batch["video"]
         if video.shape[0] is not None and video.shape[0] % 2:
             raise ValueError(f"The pretraining batch has {video.shape[0]} clips; it needs 2B "
@@ -162,10 +180,12 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
 
 def make_classifier_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                          weight_decay: float = 0.0, label_smoothing: float = 0.0,
-                         decay_variables: Optional[Sequence] = None) -> Step:
+                         decay_variables: Optional[Sequence] = None,
+                         augment: Augment = device_augment.augment_batch) -> Step:
     """Linear-eval / fine-tune replica step: cross-entropy on model(video)['logits'], one update.
 
-    batch: {'video': [B, T, H, W, 3], 'label': [B]} (labels < 0 are ignored). Returns replica
+    batch: {'video': [B, T, H, W, 3], 'label': [B]} (labels < 0 are ignored; uint8 video with
+    'aug_params' goes through `augment` first, as in make_pretrain_step). Returns replica
     metrics 'loss', 'classification_loss', 'accuracy' (top-1), 'weight_decay_loss',
     'grad_norm', 'learning_rate'.
     """
@@ -176,6 +196,8 @@ def make_classifier_step(model: keras.Model, optimizer: keras.optimizers.Optimiz
                    else default_decay_variables(model)) if weight_decay else []
 
     def step(batch: Batch) -> Dict[str, tf.Tensor]:
+        batch = _augmented(batch, augment)
+
         def compute_loss():
             logits = _logits(model(batch["video"], training=True))
             ce, accuracy = _masked_cross_entropy(batch["label"], logits, label_smoothing)

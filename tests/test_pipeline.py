@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import schema, spatial, synthetic
+from cvrl_tf.data import device_augment, schema, spatial, synthetic
 from cvrl_tf.data.pipeline import build_dataset
 
 T, STRIDE, CROP = 4, 2, 16
@@ -39,7 +39,7 @@ def _ids(ds):
 
 def test_pretrain_batches_pair_rows_of_one_video(data):
     ds = build_dataset(data["train_pattern"], "pretrain", 4, T, STRIDE, CROP, seed=0,
-                       num_classes=6)
+                       num_classes=6, augment_on="host")
     assert ds.element_spec["video"].shape == (8, T, CROP, CROP, 3)
     batch = next(iter(ds))
     video, ids, labels = batch["video"].numpy(), batch["id"].numpy(), batch["label"].numpy()
@@ -51,8 +51,47 @@ def test_pretrain_batches_pair_rows_of_one_video(data):
     for i in range(4):  # The two views of one video are augmented differently.
         assert np.abs(video[i] - video[i + 4]).mean() > 1e-3
     ablation = build_dataset(data["train_pattern"], "pretrain", 2, T, STRIDE, CROP, seed=0,
-                             consistent=False, distribution="uniform")
+                             consistent=False, distribution="uniform", augment_on="host")
     assert next(iter(ablation))["video"].shape == (4, T, CROP, CROP, 3)
+
+
+def test_pretrain_default_leaves_the_chain_after_the_crop_to_the_device(data):
+    ds = build_dataset(data["train_pattern"], "pretrain", 4, T, STRIDE, CROP, seed=0)
+    width = device_augment.params_width(CROP)
+    assert ds.element_spec["video"].dtype == tf.uint8
+    assert ds.element_spec[device_augment.PARAMS_KEY].shape == (8, width)
+    params = next(iter(ds))[device_augment.PARAMS_KEY].numpy()
+    # Rows 0..3 are view 1 (always blurred, never solarized), rows 4..7 view 2.
+    assert params[:4, device_augment.BLUR].min() == 1.0
+    assert params[:4, device_augment.SOLARIZE].max() == 0.0
+    frames = build_dataset(data["train_pattern"], "pretrain", 2, T, STRIDE, CROP, seed=0,
+                           consistent=False)
+    assert frames.element_spec[device_augment.PARAMS_KEY].shape == (4, T, width)
+
+
+@pytest.mark.parametrize("mode,kwargs", [
+    ("pretrain", {}), ("pretrain", {"consistent": False}),
+    ("train", {"color_augment": True}), ("train", {})])
+def test_host_and_device_paths_give_the_same_clips(data, mode, kwargs):
+    def batches(augment_on):
+        ds = build_dataset(data["train_pattern"], mode, 3, T, STRIDE, CROP, seed=5,
+                           augment_on=augment_on, **kwargs)
+        it = iter(ds)
+        return [next(it) for _ in range(2)]
+
+    for host, device in zip(batches("host"), batches("device")):
+        assert device["video"].dtype == tf.uint8
+        augmented = device_augment.augment_batch(device)
+        assert set(augmented) == set(host)
+        np.testing.assert_allclose(augmented["video"].numpy(), host["video"].numpy(), atol=1e-5)
+        np.testing.assert_array_equal(augmented["id"].numpy(), host["id"].numpy())
+
+
+def test_augment_on_is_checked(data):
+    with pytest.raises(ValueError, match="augment_on must be one of"):
+        build_dataset(data["train_pattern"], "pretrain", 2, T, STRIDE, CROP, augment_on="tpu")
+    with pytest.raises(ValueError, match="'host' in mode 'eval'"):
+        build_dataset(data["eval_pattern"], "eval", 2, T, STRIDE, CROP, augment_on="device")
 
 
 def test_train_mode_shapes_and_flip_only_by_default(data):

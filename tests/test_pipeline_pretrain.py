@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import schema, temporal
+from cvrl_tf.data import device_augment, schema, temporal
 from cvrl_tf.data.pipeline import build_dataset
 
 DELTA = 1e-5  # Probability that a bound fails for a correct pipeline (per check).
@@ -40,6 +40,8 @@ def _pretrain_pairs(path: str, num_videos: int, num_frames: int, stride: int, cr
                        shuffle_buffer=1, **kwargs)
     pairs = []
     for element in ds.take(-(-num_videos // batch)):
+        if element["video"].dtype == tf.uint8:  # augment_on='device': what the train step does.
+            element = device_augment.augment_batch(element)
         video = element["video"].numpy()
         pairs.append(np.stack([video[:batch], video[batch:]], axis=1))
     return np.concatenate(pairs)[:num_videos]
@@ -200,9 +202,11 @@ def test_view_1_always_blurred_view_2_blur_and_solarize_probabilities(tmp_path):
 # Train mode: exactly a crop, a resize and maybe a flip of the decoded frames.
 
 def _resize(crops: np.ndarray, crop_size: int) -> np.ndarray:
-    """Manual bilinear resize of uint8 crops [n, h, w, 3] to float32 [0, 1]."""
+    """Manual bilinear resize of uint8 crops [n, h, w, 3], rounded to uint8 as the host does,
+    as float32 in [0, 1]."""
     resized = tf.image.resize(tf.cast(crops, tf.float32), [crop_size, crop_size], "bilinear")
-    return np.clip(resized.numpy() / 255.0, 0.0, 1.0)
+    rounded = np.floor(resized.numpy() + 0.5).astype(np.uint8)
+    return (tf.cast(rounded, tf.float32) / 255.0).numpy()
 
 
 def _find_crops(decoded: np.ndarray, targets: np.ndarray, starts: range) -> list:

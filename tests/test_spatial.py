@@ -1,4 +1,5 @@
-"""Temporally consistent spatial augmentation: pieces, consistency, decode-and-crop equality."""
+"""Random resized crop and the host's whole chain: consistency, decode-and-crop equality,
+reduced-DCT decoding (the ops after the crop are tested in test_device_augment.py)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -108,39 +109,6 @@ def test_grayscale_jpeg_decodes_to_three_channels():
     assert out.shape == (2, CROP, CROP, 3)
 
 
-def test_pieces():
-    x = _noisy_clip()
-    np.testing.assert_array_equal(spatial.random_flip(x, [0, 0], prob=1.0).numpy(),
-                                  x.numpy()[:, :, ::-1])
-    np.testing.assert_array_equal(spatial.random_flip(x, [0, 0], prob=0.0).numpy(), x.numpy())
-    gray = spatial.grayscale(x).numpy()
-    assert gray.shape == x.shape and np.allclose(gray[..., 0], gray[..., 2])
-    np.testing.assert_allclose(spatial.solarize(tf.constant([0.2, 0.5, 0.9])).numpy(),
-                               [0.2, 0.5, 0.1], atol=1e-6)
-    # Strength 0 makes every jitter factor 1 and the hue shift 0: the identity.
-    np.testing.assert_allclose(spatial.color_jitter(x, [1, 1], strength=0.0).numpy(), x.numpy(),
-                               atol=1e-5)
-    jittered = spatial.color_jitter(x, [1, 1]).numpy()
-    assert np.abs(jittered - x.numpy()).mean() > 1e-3 and jittered.min() >= 0
-    blurred = spatial.gaussian_blur(x, 1.5, 5).numpy()
-    assert blurred.shape == x.shape
-    inner = (0, slice(3, -3), slice(3, -3))
-    assert blurred[inner].std() < 0.5 * x.numpy()[inner].std()
-    # A constant image stays constant under the normalized blur (away from the zero padding).
-    flat = spatial.gaussian_blur(tf.fill([1, 12, 12, 3], 0.5), 1.0, 5).numpy()
-    np.testing.assert_allclose(flat[0, 3:-3, 3:-3], 0.5, atol=1e-6)
-
-
-def test_contrast_is_around_the_clip_mean():
-    # Two frames of different brightness, values in [0.4, 0.6] so nothing clips.
-    x = 0.4 + 0.2 * _noisy_clip().numpy() * np.array([1.0, 0.5])[:, None, None, None]
-    out = spatial.color_jitter(tf.constant(x, tf.float32), [2, 7], brightness=0.0,
-                               saturation=0.0, hue=0.0).numpy()
-    mean = x.mean(axis=(0, 1, 2))
-    factor = (out - mean) / (x - mean)  # One contrast factor for every pixel of the clip.
-    assert np.ptp(factor[np.abs(x - mean) > 0.02]) < 1e-2 and abs(factor.mean() - 1) > 1e-3
-
-
 def test_view_probabilities_and_switches():
     clip = _noisy_clip()
     off = dict(flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0)
@@ -153,7 +121,7 @@ def test_view_probabilities_and_switches():
     # Solarize with p=1 on view 2 (blur off) gives x -> 1 - x above 0.5.
     sol = spatial.augment_frames(clip, view=2, seed=[0, 3], blur_prob=0.0, solarize_prob=1.0,
                                  **off).numpy()
-    np.testing.assert_allclose(sol, spatial.solarize(clip).numpy(), atol=1e-6)
+    np.testing.assert_allclose(sol, np.where(clip >= 0.5, 1 - clip, clip), atol=1e-6)
 
 
 def test_eval_crop_windows():
@@ -171,3 +139,45 @@ def test_bad_arguments():
         spatial.augment_clip(_still_clip(), CROP, view=3)
     with pytest.raises(ValueError, match="uint8 frames"):
         spatial.augment_clip(np.zeros((2, 8, 8, 3), np.float32), CROP)
+
+
+def test_crop_clip_is_the_float_crop_rounded_to_uint8():
+    frames = np.stack([_texture(seed=i) for i in range(3)])
+    for consistent in (True, False):
+        clip = spatial.crop_clip(frames, CROP, consistent, seed=[3, 1]).numpy()
+        windows = spatial.sample_crop_windows(tf.constant([3, 1], tf.int64), 24, 32, 3,
+                                              consistent)
+        exact = spatial.crop_and_resize(frames, windows, CROP).numpy() * 255.0
+        assert clip.dtype == np.uint8 and np.abs(clip - exact).max() <= 0.5 + 1e-3
+
+
+def _photo_jpeg():
+    """A natural photograph (scikit-learn ships two) as a quality-90 JPEG, and its decode."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    jpeg = tf.io.encode_jpeg(datasets.load_sample_images().images[0], quality=90)
+    return jpeg, tf.io.decode_jpeg(jpeg, channels=3)
+
+
+@pytest.mark.parametrize("crop_size,ratio", [(112, 2), (64, 4), (32, 8)])
+def test_reduced_dct_decode_stays_close_to_full_decode(crop_size, ratio):
+    """Windows >= 2x the crop are decoded at 1/2, 1/4, 1/8 scale. Against full decode +
+    antialiased resize (a correct downscale) they are within 6.5 levels on average, and no
+    farther from it than full decode + plain bilinear resize (which aliases) is."""
+    jpeg, full = _photo_jpeg()
+    windows = [spatial.sample_crop_window([seed, crop_size], 427, 640) for seed in range(40)]
+    windows = [w for w in windows
+               if spatial.DCT_RATIOS[int(spatial._dct_ratio_index(w, crop_size))] == ratio]
+    assert len(windows) >= 3
+    for window in windows[:3]:
+        y, x, h, w = window.numpy()
+        ours = spatial.decode_crop_and_resize(tf.stack([jpeg, jpeg]), window[tf.newaxis],
+                                              crop_size, same_window=True).numpy()
+        assert ours.shape == (2, crop_size, crop_size, 3) and ours.dtype == np.uint8
+        crop = full[y:y + h, x:x + w]
+        antialiased = tf.image.resize(crop, [crop_size, crop_size], antialias=True).numpy()
+        bilinear = tf.image.resize(crop, [crop_size, crop_size]).numpy()
+        error = np.abs(ours[0] - antialiased).mean()
+        assert error <= 6.5 and error <= np.abs(bilinear - antialiased).mean() + 0.25
+        per_frame = spatial.decode_crop_and_resize(tf.stack([jpeg]), window[tf.newaxis],
+                                                   crop_size, same_window=False).numpy()
+        np.testing.assert_array_equal(per_frame[0], ours[0])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf.data import device_augment
 from cvrl_tf.losses import info_nce
 from cvrl_tf.models import CVRLModel, ClassifierModel, build_backbone, projection_head
 from cvrl_tf.models.heads import linear_classifier
@@ -171,6 +172,56 @@ def test_pretrain_step_compiles_with_xla():
                                    atol=1e-3 * np.abs(w.numpy() - w0).max() + 1e-8)
         moved += not np.allclose(v.numpy(), w0)
     assert moved > len(before) // 2
+
+
+def _device_batch(n: int, seed: int) -> dict:
+    """A pretraining batch as build_dataset(augment_on='device') emits it: uint8 clips and a
+    parameter row per clip (rows < n/2 view 1, the rest view 2)."""
+    video = np.random.default_rng(seed).integers(0, 256, (n,) + CLIP, dtype=np.uint8)
+    rows = [device_augment.draw_params(tf.constant([seed, i]), 1 if i < n // 2 else 2, CLIP[1])
+            for i in range(n)]
+    return {"video": tf.constant(video), device_augment.PARAMS_KEY: tf.stack(rows),
+            "label": tf.constant(np.arange(n) % 3)}
+
+
+def test_pretrain_step_augments_device_batches_like_the_host():
+    batch = _device_batch(4, 6)
+    host = device_augment.augment_batch(batch)
+    results = []
+    for b in (host, batch):
+        model = _tiny_cvrl()
+        model.set_weights([np.full(w.shape, 0.05, w.dtype) * np.sign(np.cos(np.arange(
+            w.size))).reshape(w.shape) for w in model.get_weights()])
+        metrics = tf.function(make_pretrain_step(model, _sgd(model)))(b)
+        results.append((metrics["loss"].numpy(), [v.numpy() for v in model.trainable_variables]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    model = _tiny_cvrl()
+    with pytest.raises(ValueError, match="augment=None"):
+        make_pretrain_step(model, _sgd(model), augment=None)(batch)
+
+
+def test_device_augmentation_in_xla_and_replicated_steps(two_replica_strategy):
+    model = _tiny_cvrl(probe_classes=3)
+    step = tf.function(make_pretrain_step(model, _sgd(model)), jit_compile=True)
+    metrics = step(_device_batch(4, 7))
+    assert np.isfinite(metrics["loss"].numpy()) and metrics["grad_norm"].numpy() > 0
+    strategy = two_replica_strategy
+    with strategy.scope():
+        model = _tiny_cvrl(sync_bn=True)
+        replica_step = make_pretrain_step(model, _sgd(model))
+    dist_batch = strategy.experimental_distribute_values_from_function(
+        lambda ctx: _device_batch(4, 10 + ctx.replica_id_in_sync_group))
+    metrics = tf.function(lambda b: strategy.run(replica_step, args=(b,)))(dist_batch)
+    losses = strategy.experimental_local_results(metrics["loss"])
+    assert len(losses) == 2 and all(np.isfinite(loss.numpy()) for loss in losses)
+    classifier = ClassifierModel(build_backbone(depth=18, base_filters=4,
+                                                blocks_per_stage=(1, 1, 1, 1), input_shape=CLIP),
+                                 linear_classifier(3))
+    batch = _device_batch(2, 8)
+    metrics = tf.function(make_classifier_step(classifier, _sgd(classifier)))(batch)
+    assert np.isfinite(metrics["loss"].numpy())
 
 
 def test_pretrain_step_under_mixed_bfloat16():

@@ -31,7 +31,7 @@ from typing import Optional, Sequence, Tuple
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 PIPELINE = "cvrl_tf/data/pipeline.py"
-SPATIAL = "cvrl_tf/data/spatial.py"
+DEVICE_AUGMENT = "cvrl_tf/data/device_augment.py"
 TEMPORAL = "cvrl_tf/data/temporal.py"
 LOSSES = "cvrl_tf/losses.py"
 JOB = "cvrl_tf/job.py"
@@ -59,7 +59,7 @@ class Mutation:
 
 MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("pretrain-per-frame-augmentation", PIPELINE,
-             "consistent, seeds[view], **aug))", "False, seeds[view], **aug))",
+             "consistent, seeds[view], **aug)", "False, seeds[view], **aug)",
              (CONSISTENCY,), "pretraining draws the spatial augmentation once per clip"),
     Mutation("pretrain-ignores-distribution", PIPELINE,
              "sample_clip_starts(length, num_frames, stride, distribution, power,",
@@ -77,13 +77,13 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "clip_frame_indices(starts[view - 1], length, num_frames, stride)",
              "clip_frame_indices(starts[view - 1], length, num_frames, 1)",
              (INTERVALS,), "a pretraining clip is T frames at the configured stride"),
-    Mutation("view-1-blur-sometimes", SPATIAL,
+    Mutation("view-1-blur-sometimes", DEVICE_AUGMENT,
              "VIEW_BLUR_PROB = {1: 1.0, 2: 0.1}", "VIEW_BLUR_PROB = {1: 0.5, 2: 0.1}",
              (VIEWS,), "view 1 is always blurred"),
-    Mutation("view-2-blur-probability", SPATIAL,
+    Mutation("view-2-blur-probability", DEVICE_AUGMENT,
              "VIEW_BLUR_PROB = {1: 1.0, 2: 0.1}", "VIEW_BLUR_PROB = {1: 1.0, 2: 0.2}",
              (VIEWS,), "view 2 is blurred with probability 0.1"),
-    Mutation("view-2-solarize-probability", SPATIAL,
+    Mutation("view-2-solarize-probability", DEVICE_AUGMENT,
              "VIEW_SOLARIZE_PROB = {1: 0.0, 2: 0.2}", "VIEW_SOLARIZE_PROB = {1: 0.0, 2: 0.1}",
              (VIEWS,), "view 2 is solarized with probability 0.2 (view 1 never)"),
     Mutation("train-mode-colour-by-default", PIPELINE,

@@ -3,7 +3,8 @@
 Records (docs/DESIGN.md schema) are sharded per input pipeline (by file when there are at
 least as many files as pipelines, else by record index; disjoint either way), interleaved,
 shuffled, checked, then each video is cut into clips (temporal.py), only the frames a clip
-uses and only their crop window are JPEG-decoded, and spatial.py augments them.
+uses and only their crop window are JPEG-decoded, resized and rounded to uint8 (spatial.py),
+and the rest of the augmentation (device_augment.py) runs here or in the train step.
 
 Batches use drop_remainder=True so every shape is static (TPU friendly); in eval mode that
 drops the last partial batch unless drop_remainder=False is passed. Videos shorter than one
@@ -18,9 +19,10 @@ from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
-from cvrl_tf.data import schema, spatial, temporal
+from cvrl_tf.data import device_augment, schema, spatial, temporal
 
 MODES = ("pretrain", "train", "eval")
+AUGMENT_ON = ("host", "device")
 SHORT_VIDEOS = ("wrap", "skip", "error")
 _JPEG_MAGIC = b"\xff\xd8"
 _NO_COLOR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
@@ -118,7 +120,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                   num_spatial_views: int = 3, drop_remainder: bool = True,
                   area_range: Sequence[float] = (0.3, 1.0),
                   aspect_ratio_range: Sequence[float] = (0.5, 2.0),
-                  tfds_data_dir: Optional[str] = None, **augment_kwargs) -> tf.data.Dataset:
+                  tfds_data_dir: Optional[str] = None, augment_on: Optional[str] = None,
+                  **augment_kwargs) -> tf.data.Dataset:
     """The input pipeline: batches of {'video', 'label', 'id'} for one input pipeline.
 
     mode 'pretrain': video [2B, T, S, S, 3], rows i and i+B are two clips of one video, view 1
@@ -129,7 +132,14 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     B = input_context.get_per_replica_batch_size(global_batch_size), else global_batch_size.
     label: int32, the first clip/label/index value or -1; id: clip/media_id or "<file>:<index>".
     file_pattern: glob, comma-separated globs, a list, or 'tfds:<name>[/<config>]/<split>'.
-    augment_kwargs: strengths/probabilities of spatial.augment_frames (AUGMENT_KWARGS).
+    augment_kwargs: strengths/probabilities of device_augment.draw_params (AUGMENT_KWARGS).
+    augment_on: where the chain after the crop (flip, colour jitter, grayscale, blur, solarize)
+    runs. 'host': here, video float32 in [0, 1]. 'device': the host only crops (decoding only
+    the window), resizes and rounds, emitting video uint8 and 'aug_params' float32 [N, width]
+    (one row per clip; [N, T, width] with consistent=False) drawn here from the seeds above;
+    the train step turns them into the same float32 clips with device_augment.augment_batch
+    (steps.make_pretrain_step does). Default: 'device' in mode 'pretrain', 'host' otherwise
+    ('eval' has no random augmentation and refuses 'device').
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -140,6 +150,11 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
         raise ValueError(f"Unknown build_dataset arguments {sorted(unknown)}; augmentation "
                          f"arguments are {spatial.AUGMENT_KWARGS}.")
     temporal._check_distribution(distribution, power)  # pylint: disable=protected-access
+    augment_on = augment_on or ("device" if mode == "pretrain" else "host")
+    if augment_on not in AUGMENT_ON or (mode == "eval" and augment_on == "device"):
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON} ('host' in mode 'eval'), got "
+                         f"{augment_on!r} in mode {mode!r}.")
+    on_device = augment_on == "device"
     if min(num_frames, stride, crop_size, global_batch_size) < 1:
         raise ValueError("num_frames, stride, crop_size and global_batch_size must be >= 1, got "
                          f"{num_frames}, {stride}, {crop_size}, {global_batch_size}.")
@@ -182,16 +197,17 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
         frames = _assert_good(example, clip_span, num_classes, check_short)
         seed_k = tf.random.experimental.stateless_fold_in(element_base, index)
         if mode == "pretrain":
-            video = _pretrain_clips(frames, seed_k, num_frames, stride, crop_size, distribution,
-                                    power, consistent, aug)
+            clips = _pretrain_clips(frames, seed_k, num_frames, stride, crop_size, distribution,
+                                    power, consistent, aug, on_device)
         elif mode == "train":
-            video = _train_clip(frames, seed_k, num_frames, stride, crop_size, consistent, aug)
+            clips = _train_clip(frames, seed_k, num_frames, stride, crop_size, consistent, aug,
+                                on_device)
         else:
-            video = _eval_views(frames, num_frames, stride, crop_size, num_temporal_views,
-                                num_spatial_views)
+            clips = {"video": _eval_views(frames, num_frames, stride, crop_size,
+                                          num_temporal_views, num_spatial_views)}
         labels = example["label"]
         label = tf.concat([labels, [-1]], 0)[0]
-        return {"video": video, "label": label, "id": example["id"]}
+        return dict(clips, label=label, id=example["id"])
 
     ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE,
                             deterministic=deterministic)
@@ -249,30 +265,42 @@ def _print_skip(video_id, reason, count):
         return tf.constant(True)
 
 
+def _augmented(clips: tf.Tensor, params: tf.Tensor, on_device: bool) -> dict:
+    """uint8 clips [n, T, S, S, 3] and their parameter rows -> the element's clip keys: both
+    for the device, or the float32 clips augmented here (the same function the device runs)."""
+    if on_device:
+        return {"video": clips, device_augment.PARAMS_KEY: params}
+    return {"video": device_augment.apply_params(clips, params, batched=False)}
+
+
 def _pretrain_clips(frames, seed, num_frames, stride, crop_size, distribution, power,
-                    consistent, aug):
-    """Two clips of one video, [2, T, S, S, 3]: interval-sampled starts, views 1 and 2."""
+                    consistent, aug, on_device):
+    """Two clips of one video, video [2, T, S, S, 3]: interval-sampled starts, views 1 and 2."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
     length = tf.size(frames)
     starts = temporal.sample_clip_starts(length, num_frames, stride, distribution, power,
                                          seed=seeds[0])
-    clips = []
+    clips, params = [], []
     for view in (1, 2):
         indices = temporal.clip_frame_indices(starts[view - 1], length, num_frames, stride)
-        clips.append(spatial.augment_clip(tf.gather(frames, indices), crop_size, view,
-                                          consistent, seeds[view], **aug))
-    return tf.ensure_shape(tf.stack(clips), [2, num_frames, crop_size, crop_size, 3])
+        clip, row = spatial.clip_and_params(tf.gather(frames, indices), crop_size, view,
+                                            consistent, seeds[view], **aug)
+        clips.append(clip)
+        params.append(row)
+    return _augmented(tf.stack(clips), tf.stack(params), on_device)
 
 
-def _train_clip(frames, seed, num_frames, stride, crop_size, consistent, aug):
-    """One uniformly placed clip, [T, S, S, 3], random resized crop + flip (+ color if asked)."""
+def _train_clip(frames, seed, num_frames, stride, crop_size, consistent, aug, on_device):
+    """One uniformly placed clip, video [T, S, S, 3], random resized crop + flip (+ color if
+    asked)."""
     start_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed))
     length = tf.size(frames)
     start = temporal.sample_clip_start(length, num_frames, stride, seed=start_seed)
     indices = temporal.clip_frame_indices(start, length, num_frames, stride)
-    clip = spatial.augment_clip(tf.gather(frames, indices), crop_size, 1, consistent, aug_seed,
-                                **aug)
-    return tf.ensure_shape(clip, [num_frames, crop_size, crop_size, 3])
+    clip, row = spatial.clip_and_params(tf.gather(frames, indices), crop_size, 1, consistent,
+                                        aug_seed, **aug)
+    return {k: v[0] for k, v in _augmented(clip[tf.newaxis], row[tf.newaxis],
+                                            on_device).items()}
 
 
 def _eval_views(frames, num_frames, stride, crop_size, num_temporal, num_spatial):
@@ -301,8 +329,8 @@ def _eval_views(frames, num_frames, stride, crop_size, num_temporal, num_spatial
 
 
 def _views_to_rows(batch):
-    """[B, 2, ...] -> [2B, ...] with view 1 in the first B rows; labels and ids repeated."""
-    video = batch["video"]
-    return {"video": tf.concat([video[:, 0], video[:, 1]], 0),
-            "label": tf.concat([batch["label"], batch["label"]], 0),
-            "id": tf.concat([batch["id"], batch["id"]], 0)}
+    """[B, 2, ...] -> [2B, ...] with view 1 in the first B rows (video, aug_params); labels
+    and ids repeated."""
+    return {key: (tf.concat([value[:, 0], value[:, 1]], 0) if key in ("video",
+                  device_augment.PARAMS_KEY) else tf.concat([value, value], 0))
+            for key, value in batch.items()}
