@@ -110,8 +110,7 @@ def _print_table(results: dict) -> None:
 def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
                         ) -> Optional[str]:
     """OUTPUT_DIR/embeddings.png: eval-set features (centre clip) of the random backbone (the
-    linear eval's frozen one) and of the CVRL backbone, coloured by class. t-SNE when
-    scikit-learn is installed: two PCA axes show the six motions of the demo poorly."""
+    linear eval's frozen one) and of the CVRL backbone, PCA, coloured by class."""
     clip = export.read_training_clip(dirs["pretrain"])
     if clip is None:
         print(f"No {export.CLIP_JSON} in {dirs['pretrain']}: no embedding map.", flush=True)
@@ -128,6 +127,7 @@ def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
         top1 = 100 * float(linear[key]["eval"]["top1"])
         panels.append((f"{name}: linear top-1 {top1:.1f}%", out["features"], out["labels"]))
     names = schema.read_label_map(schema.label_map_path(data_dir))
+    # t-SNE when scikit-learn is installed: two PCA axes show the demo's six motions poorly.
     method = "tsne" if importlib.util.find_spec("sklearn") else "pca"
     return plots.plot_embedding_map(
         os.path.join(output_dir, "embeddings.png"), panels, names, method=method,
