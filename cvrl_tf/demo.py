@@ -10,10 +10,11 @@ Steps, all through train.py's gin root (gin/experiments/demo_*.gin):
 4. print a table and write OUTPUT_DIR/results.json:
    {"linear_top1": {"cvrl": x, "random_init": y}, "linear_top5": {...}, ...};
 5. draw the eval-set features of the random and the CVRL backbone, coloured by class, to
-   OUTPUT_DIR/embeddings.png (PCA; cvrl_tf/plots.py) and name it.
+   OUTPUT_DIR/embeddings.png (t-SNE, or PCA without scikit-learn; cvrl_tf/plots.py), name it.
 Training runs start fresh each time (the data set is reused).
 """
 import argparse
+import importlib.util
 import os
 import shutil
 import time
@@ -127,8 +128,11 @@ def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
         top1 = 100 * float(linear[key]["eval"]["top1"])
         panels.append((f"{name}: linear top-1 {top1:.1f}%", out["features"], out["labels"]))
     names = schema.read_label_map(schema.label_map_path(data_dir))
-    return plots.plot_embedding_map(os.path.join(output_dir, "embeddings.png"), panels, names,
-                                    title="Eval-set features, centre clip (PCA)")
+    # t-SNE when scikit-learn is installed: two PCA axes show the demo's six motions poorly.
+    method = "tsne" if importlib.util.find_spec("sklearn") else "pca"
+    return plots.plot_embedding_map(
+        os.path.join(output_dir, "embeddings.png"), panels, names, method=method,
+        title=f"Eval-set features, centre clip ({'t-SNE' if method == 'tsne' else 'PCA'})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -108,7 +108,7 @@ def plot_embedding_map(output_path: str,
         ax.set_yticks([])
     if title:
         figure.suptitle(title, fontsize=11)
-    if num_classes <= MAX_LEGEND_CLASSES:
+    if 0 < num_classes <= MAX_LEGEND_CLASSES:
         handles = [matplotlib.lines.Line2D([], [], marker="o", linestyle="", color=colors[c],
                                            markersize=5) for c in range(num_classes)]
         names = [class_names[c] if class_names and c < len(class_names) else str(c)
