@@ -111,7 +111,8 @@ def _print_table(results: dict) -> None:
 def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
                         ) -> Optional[str]:
     """OUTPUT_DIR/embeddings.png: eval-set features (centre clip) of the random backbone (the
-    linear eval's frozen one) and of the CVRL backbone, t-SNE (PCA without scikit-learn), coloured by class."""
+    linear eval's frozen one) and of the CVRL backbone, t-SNE (PCA without scikit-learn),
+    coloured by class."""
     clip = checkpoints.read_clip_json(dirs["pretrain"])
     if clip is None:
         print(f"No {checkpoints.CLIP_JSON} in {dirs['pretrain']}: no embedding map.", flush=True)
