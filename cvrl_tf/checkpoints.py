@@ -42,9 +42,11 @@ def list_checkpoints(model_dir: str) -> list[str]:
     try:
         state = tf.train.get_checkpoint_state(model_dir)
     except Exception as e:  # pylint: disable=broad-except  # A corrupt state file.
-        warn(f"The checkpoint state file in {model_dir} is unreadable ({type(e).__name__}); "
-             f"looking for ckpt-N files instead.")
+        logging.info("Checkpoint state file unreadable: %s", e)
         state = None
+    if state is None and tf.io.gfile.exists(os.path.join(model_dir, "checkpoint")):
+        warn(f"The checkpoint state file in {model_dir} is unreadable; looking for ckpt-N "
+             f"files instead.")
     if state is not None:
         for path in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]:
             if path:
@@ -64,7 +66,7 @@ def problem(prefix: str) -> Optional[str]:
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, RuntimeError) as e:
+    except Exception as e:  # pylint: disable=broad-except  # IndexError, DataLoss, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"{type(e).__name__}: {first[:200]}"
     return None

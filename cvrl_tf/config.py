@@ -52,6 +52,11 @@ class JobConfig:
     `start_over=True` starts from `warm_start` (or scratch) when model_dir holds checkpoints
     but none can be restored (else the run stops). `seed` replays the input pipeline; `deterministic=True` also turns on TF op determinism,
     so a resumed run ends with the same weights as an uninterrupted one.
+    Training skips bad records (counted per cause in results.json 'input') and stops when
+    more than `max_bad_fraction` of the records read were bad (judged after 1000 reads).
+    `record_example_ids`: each worker appends every step's video id hashes to
+    model_dir/example_ids/. `profile_steps=(START, END)`: a profiler trace of the loops that
+    start in [START, END), for TensorBoard's Profile tab (model_dir/train).
     """
     mode: str
     model_dir: str
@@ -97,6 +102,9 @@ class JobConfig:
     mixed_precision: bool = False
     seed: Optional[int] = None
     deterministic: bool = False
+    max_bad_fraction: float = 0.01
+    record_example_ids: bool = False
+    profile_steps: tuple = ()
     image_summaries: bool = True
 
     @property
@@ -259,6 +267,12 @@ def check(cfg: JobConfig, strategy: tf.distribute.Strategy,
     if cfg.jit_compile and not on_tpu and replicas > 1:
         raise ConfigError("run.jit_compile=True needs one replica (or a TPU, which compiles "
                           "anyway); set run.jit_compile=False for this strategy.")
+    if not 0.0 <= cfg.max_bad_fraction <= 1.0:
+        raise ConfigError(f"run.max_bad_fraction={cfg.max_bad_fraction} must be in [0, 1].")
+    if cfg.profile_steps and (len(cfg.profile_steps) != 2
+                              or not 0 <= cfg.profile_steps[0] < cfg.profile_steps[1]):
+        raise ConfigError(f"run.profile_steps={cfg.profile_steps!r} must be (START, END) with "
+                          f"0 <= START < END.")
     if cfg.deterministic and cfg.seed is None:
         raise ConfigError("run.deterministic=True replays a run only with a fixed input order "
                           "and augmentation: set run.seed too (e.g. run.seed=1).")

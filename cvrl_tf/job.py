@@ -10,10 +10,11 @@ import contextlib
 import dataclasses
 import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from absl import logging
 import keras
+import numpy as np
 import orbit
 import tensorflow as tf
 
@@ -22,10 +23,18 @@ from cvrl_tf import config
 from cvrl_tf import distribute
 from cvrl_tf import evaluation
 from cvrl_tf import optimizers
+from cvrl_tf import preemption
 from cvrl_tf import steps
 from cvrl_tf import summaries
 from cvrl_tf import trainer as trainer_lib
 from cvrl_tf.config import Builders, JobConfig
+from cvrl_tf.data import device_augment
+from cvrl_tf.data import schema
+from cvrl_tf.data import source
+
+
+class Preempted(Exception):
+    """Training stopped after a preemption notice (the checkpoint of that step is saved)."""
 
 
 @dataclasses.dataclass
@@ -34,6 +43,7 @@ class _Parts:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     global_step: tf.Variable
+    input_state: trainer_lib.InputState
     checkpoint: tf.train.Checkpoint
     loss_weight_decay: float
 
@@ -65,13 +75,33 @@ def _build(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders,
             decay_variables=optimizers.decay_variables(model) if in_optimizer else None)
         optimizer.build(model.trainable_variables)
         global_step = orbit.utils.create_global_step()
+    input_state = trainer_lib.InputState(strategy.num_replicas_in_sync)
     checkpoint = tf.train.Checkpoint(backbone=model.backbone, model=model, optimizer=optimizer,
-                                     step=global_step)
-    return _Parts(model, optimizer, global_step, checkpoint, in_loss)
+                                     step=global_step, input=input_state)
+    return _Parts(model, optimizer, global_step, input_state, checkpoint, in_loss)
 
 
-def _train_dataset_fn(cfg: JobConfig, builders: Builders) -> Callable:
-    """The per-input-pipeline training dataset (sharded by the strategy's InputContext)."""
+@contextlib.contextmanager
+def _determinism(cfg: JobConfig):
+    """Seeds Keras (model initialization) from run.seed; run.deterministic also turns on TF op
+    determinism for the job (restored after)."""
+    from tensorflow.python.framework import config as tf_config  # pylint: disable=C0415
+    was = tf_config.is_op_determinism_enabled()
+    if cfg.seed is not None:
+        keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if cfg.deterministic and not was:
+            tf_config.disable_op_determinism()
+
+
+def _train_dataset_fn(cfg: JobConfig, builders: Builders,
+                      start_positions: Optional[np.ndarray] = None) -> Callable:
+    """The per-input-pipeline training dataset (sharded by the strategy's InputContext),
+    continuing after `start_positions` (the input positions a restored checkpoint holds)."""
     pretrain = cfg.mode == "pretrain"
     labels = cfg.num_classes if cfg.num_classes > 0 else None
 
@@ -80,14 +110,31 @@ def _train_dataset_fn(cfg: JobConfig, builders: Builders) -> Callable:
                      ctx.input_pipeline_id, ctx.num_input_pipelines, ctx.num_replicas_in_sync)
         dataset = builders.dataset(cfg.train_data, "pretrain" if pretrain else "train",
                                    cfg.global_batch_size, cfg.num_frames, cfg.stride,
-                                   cfg.crop_size, ctx, seed=cfg.seed, num_classes=labels)
+                                   cfg.crop_size, ctx, seed=cfg.seed, num_classes=labels,
+                                   start_positions=start_positions)
         return dataset.map(trainer_lib.drop_strings)
 
     return dataset_fn
 
 
+def _record_namer(cfg: JobConfig, num_pipelines: int) -> Callable[[np.ndarray], str]:
+    """Names a bad record from its (pipeline, file index, record index) row."""
+    def name(row) -> str:
+        pipeline, file_index, record = (int(v) for v in row)
+        if file_index < 0:
+            return f"record {record} of {cfg.train_data}"
+        try:
+            files, _ = source.shard_files(schema.resolve_files(cfg.train_data), num_pipelines,
+                                          pipeline)
+            return f"record {record} of {files[file_index]}"
+        except (ValueError, IndexError):
+            return f"record {record} of file {file_index} of input pipeline {pipeline}"
+    return name
+
+
 def _trainer(cfg: JobConfig, strategy: tf.distribute.Strategy, parts: _Parts,
-             dataset_fn: Callable, schedule: config.Schedule, jit: bool) -> trainer_lib.Trainer:
+             dataset_fn: Callable, schedule: config.Schedule, jit: bool,
+             stop_flag: tf.Variable) -> trainer_lib.Trainer:
     """The orbit trainer running the mode's replica step."""
     if cfg.mode == "pretrain":
         replica_step = steps.make_pretrain_step(parts.model, parts.optimizer, cfg.temperature,
@@ -100,14 +147,30 @@ def _trainer(cfg: JobConfig, strategy: tf.distribute.Strategy, parts: _Parts,
                                                   parts.loss_weight_decay)
         metric_names = steps.CLASSIFIER_METRICS
         clips_per_step = cfg.global_batch_size
+    ids_path = None
+    if cfg.record_example_ids:
+        task_type, task_id = distribute.task_info(strategy)
+        tf.io.gfile.makedirs(os.path.join(cfg.model_dir, "example_ids"))
+        ids_path = os.path.join(cfg.model_dir, "example_ids",
+                                f"{task_type or 'worker'}-{task_id}.txt")
+    num_pipelines = getattr(strategy.extended, "_num_workers", 1) or 1
     return trainer_lib.Trainer(
         strategy=strategy, dataset_fn=dataset_fn, replica_step=replica_step,
         global_step=parts.global_step, total_steps=schedule.total,
-        clips_per_step=clips_per_step, metric_names=metric_names, jit_compile=jit)
+        clips_per_step=clips_per_step, metric_names=metric_names, jit_compile=jit,
+        input_state=parts.input_state, stop_flag=stop_flag, ids_path=ids_path,
+        max_bad_fraction=cfg.max_bad_fraction,
+        describe_record=_record_namer(cfg, num_pipelines),
+        profile_steps=cfg.profile_steps, profile_dir=os.path.join(cfg.model_dir, "train"))
 
 
 def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Builders) -> dict:
-    """Runs cfg.mode end to end under strategy; returns the results written to results.json."""
+    """Runs cfg.mode end to end under strategy; returns the results written to results.json.
+
+    On a preemption notice (SIGTERM, SIGINT, a GCE maintenance or preemption event) training
+    stops after the current step on every worker, that step is checkpointed, and the results
+    say 'preempted' (the same command resumes it).
+    """
     start = time.time()
     schedule = config.check(cfg, strategy)
     if cfg.mode == "evaluate":
@@ -118,7 +181,7 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
            else cfg.jit_compile)
     pretrain = cfg.mode == "pretrain"
     try:
-        with _precision(cfg.mixed_precision):
+        with _precision(cfg.mixed_precision), _determinism(cfg):
             # Build: the model and optimizer under the strategy's scope.
             parts = _build(cfg, strategy, builders, schedule)
             backbone_kwargs = parts.model.backbone.get_config()
@@ -138,20 +201,30 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
                     "num_frames": cfg.num_frames, "stride": cfg.stride,
                     "crop_size": cfg.crop_size})
 
-            # Loop: data, the trainer, the evaluator, checkpoints every interval.
-            dataset_fn = _train_dataset_fn(cfg, builders)
-            train = _trainer(cfg, strategy, parts, dataset_fn, schedule, jit)
+            # Loop: data (continuing where the checkpoint's input stood), the trainer, the
+            # evaluator, checkpoints every interval and on a preemption notice.
+            positions = (parts.input_state.positions.numpy()
+                         if origin.startswith("checkpoint:") else None)
+            dataset_fn = _train_dataset_fn(cfg, builders, positions)
+            stop_flag = tf.Variable(False, trainable=False, name="preemption_notice")
+            train = _trainer(cfg, strategy, parts, dataset_fn, schedule, jit, stop_flag)
             evaluator = None
             if cfg.eval_data and (not pretrain or parts.model.probe is not None):
                 evaluator = evaluation.make_evaluator(cfg, strategy, builders, parts.model)
             saver = checkpoints.Saver(parts.checkpoint, write_dir, parts.global_step,
                                       schedule.checkpoint_every, cfg.max_checkpoints,
                                       guarded=parts.model.trainable_variables)
+
+            def after_loop(_):
+                saver.maybe_save(force=train.stopped_early)
+                if train.stopped_early:
+                    raise Preempted()
+
             summary_dir = os.path.join(cfg.model_dir, "train") if chief else None
             controller = orbit.Controller(
                 global_step=parts.global_step, trainer=train, evaluator=evaluator,
                 strategy=strategy, steps_per_loop=schedule.steps_per_loop,
-                train_actions=[lambda _: saver.maybe_save()], summary_dir=summary_dir,
+                train_actions=[after_loop], summary_dir=summary_dir,
                 eval_summary_dir=os.path.join(cfg.model_dir, "eval") if chief else None)
             if chief:
                 if cfg.image_summaries and start_step == 0:
@@ -159,34 +232,48 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
                         summary_dir, _first_batch(dataset_fn, strategy.num_replicas_in_sync),
                         pretrain=pretrain)
                 summaries.write_config(cfg.model_dir, summary_dir, builders.config_str())
-            eval_output = None
-            if evaluator is not None and start_step < schedule.total:
-                eval_output = controller.train_and_evaluate(
-                    schedule.total, eval_steps=cfg.eval_steps,
-                    eval_interval=schedule.eval_every or None)
-            elif evaluator is not None:
-                eval_output = controller.evaluate(cfg.eval_steps)
-            else:
-                controller.train(schedule.total, checkpoint_at_completion=False)
+            eval_output, preempted = None, False
+            try:
+                with preemption.Notice(stop_flag):
+                    if evaluator is not None and start_step < schedule.total:
+                        eval_output = controller.train_and_evaluate(
+                            schedule.total, eval_steps=cfg.eval_steps,
+                            eval_interval=schedule.eval_every or None)
+                    elif evaluator is not None:
+                        eval_output = controller.evaluate(cfg.eval_steps)
+                    else:
+                        controller.train(schedule.total, checkpoint_at_completion=False)
+            except Preempted:
+                preempted = True
             saver.maybe_save(force=True)
 
         # Results.
+        step = int(parts.global_step.numpy())
         results = {
-            "mode": cfg.mode, "global_step": int(parts.global_step.numpy()),
-            "start_step": start_step, "total_steps": schedule.total,
-            "num_replicas": strategy.num_replicas_in_sync, "initialized_from": origin,
+            "mode": cfg.mode, "global_step": step, "start_step": start_step,
+            "total_steps": schedule.total, "num_replicas": strategy.num_replicas_in_sync,
+            "initialized_from": origin, "preempted": preempted,
             "train": dict(train.last_output), "eval": dict(eval_output or {}),
-            "wall_time_sec": time.time() - start,
+            "input": parts.input_state.summary(), "wall_time_sec": time.time() - start,
         }
         if chief:
             summaries.write_results(cfg.model_dir, results)
+        if preempted:
+            message = (f"Preempted: saved the checkpoint of step {step} in {cfg.model_dir}; "
+                       f"run the same command again to resume from it.")
+            logging.warning(message)
+            print(message, flush=True)
         return results
     finally:
         distribute.remove_write_dir(write_dir, cfg.model_dir)
 
 
 def _first_batch(dataset_fn: Callable, replicas: int) -> tf.Tensor:
-    """The video of one per-replica batch, for the image summaries (no strategy involved)."""
+    """The video of one per-replica batch as the model sees it, for the image summaries (no
+    strategy involved; device-side augmentation applied here)."""
     ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                      num_replicas_in_sync=replicas)
-    return next(iter(dataset_fn(ctx).take(1)))["video"]
+    batch = next(iter(dataset_fn(ctx).take(1)))
+    if device_augment.PARAMS_KEY in batch:
+        batch = device_augment.augment_batch(batch)
+    return batch["video"]

@@ -34,10 +34,15 @@ def _gce_notice() -> Optional[Callable[[], Optional[str]]]:
         socket.getaddrinfo("metadata.google.internal", 80)
     except OSError:
         return None
+    return metadata_poller(_METADATA)
 
+
+def metadata_poller(base_url: str) -> Callable[[], Optional[str]]:
+    """poll() -> a reason when the metadata server at base_url announces a preemption or a
+    maintenance event, else None (unreachable counts as quiet)."""
     def poll() -> Optional[str]:
         for key, quiet in (("preempted", "FALSE"), ("maintenance-event", "NONE")):
-            request = urllib.request.Request(_METADATA + key,
+            request = urllib.request.Request(base_url + key,
                                              headers={"Metadata-Flavor": "Google"})
             try:
                 with urllib.request.urlopen(request, timeout=2) as response:

@@ -236,10 +236,13 @@ def test_bad_record_errors_name_the_record_and_cause(tmp_path, kind):
     path = _write(tmp_path / "mixed.tfrecord",
                   [schema.make_sequence_example(_jpegs(), 0, "good"), bad])
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"bad record bad-{kind}: .*{cause}"):
-        list(build_dataset(path, "pretrain", 1, T, STRIDE, CROP, num_classes=6, repeat=False))
+        list(build_dataset(path, "eval", 1, T, STRIDE, CROP, num_classes=6))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"bad record bad-{kind}: .*{cause}"):
+        list(build_dataset(path, "pretrain", 1, T, STRIDE, CROP, num_classes=6, repeat=False,
+                           skip_bad_records=False))
 
 
-def test_skip_bad_records_skips_and_logs(tmp_path, capfd):
+def test_training_skips_bad_records_by_default_and_logs_each(tmp_path, capfd):
     examples = [schema.make_sequence_example(_jpegs(seed=i), 0, f"good-{i}") for i in range(3)]
     for kind, (_, make) in sorted(BAD_RECORDS.items()):
         bad = make()
@@ -248,12 +251,11 @@ def test_skip_bad_records_skips_and_logs(tmp_path, capfd):
     # Passes the cheap checks (JPEG magic bytes) but fails to decode: dropped as well.
     examples.append(schema.make_sequence_example([b"\xff\xd8 broken"] * 10, 0, "undecodable"))
     path = _write(tmp_path / "mixed.tfrecord", examples)
-    ds = build_dataset(path, "pretrain", 1, T, STRIDE, CROP, num_classes=6, repeat=False,
-                       skip_bad_records=True)
+    ds = build_dataset(path, "pretrain", 1, T, STRIDE, CROP, num_classes=6, repeat=False)
     assert sorted(set(_ids(ds))) == ["good-0", "good-1", "good-2"]
     log = capfd.readouterr().err
     assert "skipped bad record bad-not-jpeg: frame 1 is not a JPEG" in log
-    assert "(skipped so far: 3)" in log
+    assert "skipped bad record undecodable: a frame fails to decode" in log
 
 
 def test_tfds_dispatch(monkeypatch):

@@ -69,19 +69,24 @@ def test_the_position_is_small_and_independent_of_the_window(tmp_path):
 
 
 def test_a_truncated_or_vanished_file_yields_what_it_has_and_a_marker(tmp_path):
-    files = write_files(str(tmp_path), (6, 6, 6))
+    files = write_files(str(tmp_path), (6, 6, 6, 6))
     sizes = source.file_sizes(files)
     with open(files[1], "rb") as f:
         data = f.read()
     with open(files[1], "wb") as f:
-        f.write(data[:len(data) // 2 + 5])  # Cut in the middle of record 3.
-    os.remove(files[2])
+        f.write(data[:len(data) // 2 + 5])  # Cut in the middle of record 3's data.
+    with open(files[2], "rb") as f:
+        data = f.read()
+    with open(files[2], "wb") as f:
+        f.write(data[:len(data) // 3 + 2])  # Cut in record 2's header (TF raises there).
+    os.remove(files[3])
     ds = source.records(files, sizes, shuffle=False, repeat=False)
     elements = list(ds.as_numpy_iterator())
     names = [x["serialized"].decode() for x in elements if not x["marker"]]
     markers = [(int(x["file"]), int(x["record"])) for x in elements if x["marker"]]
-    assert sorted(names) == [f"0:{i}" for i in range(6)] + ["1:0", "1:1", "1:2"]
-    assert sorted(markers) == [(1, 3), (2, 0)]
+    assert sorted(names) == ([f"0:{i}" for i in range(6)] + ["1:0", "1:1", "1:2"]
+                             + ["2:0", "2:1"])
+    assert sorted(markers) == [(1, 3), (2, 2), (3, 0)]
     assert all(x["problem"] for x in elements if x["marker"])
 
 

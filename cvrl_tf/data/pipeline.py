@@ -1,97 +1,42 @@
 """TFRecord / TFDS videos -> batched clips for pretraining, training and evaluation.
 
-Records (docs/DESIGN.md schema) are sharded per input pipeline (by file when there are at
-least as many files as pipelines, else by record index; disjoint either way), interleaved,
-shuffled, checked, then each video is cut into clips (temporal.py), only the frames a clip
-uses and only their crop window are JPEG-decoded, resized and rounded to uint8 (spatial.py),
-and the rest of the augmentation (device_augment.py) runs here or in the train step.
+Records (docs/DESIGN.md schema) come from source.py: sharded per input pipeline (by file when
+there are at least as many files as pipelines, else by record index; disjoint either way), in
+an order a run can resume exactly (per-epoch file order, shuffled windows of shuffle_buffer
+records). They are parsed and checked (checks.py), each video is cut into clips (temporal.py),
+only the frames a clip uses and only their crop window are JPEG-decoded, resized and rounded to
+uint8 (spatial.py), and the rest of the augmentation (device_augment.py) runs here or in the
+train step.
 
-Batches use drop_remainder=True so every shape is static (TPU friendly); in eval mode that
-drops the last partial batch unless drop_remainder=False is passed. Videos shorter than one
-clip wrap around (loop) by default, as SPEC.md says; short_videos='skip' or 'error' changes it.
-With `seed`, element k of input pipeline p is augmented with a seed derived from (seed, p, k)
-and ordering is deterministic (tf.data deterministic=True), so a run replays exactly; eval
-mode is always deterministic. Use it through `strategy.distribute_datasets_from_function`:
-the input_context shards the data here, so tf.data auto-sharding is turned off.
+Bad records: training modes skip them by default and count them per cause ('skipped' and
+'last_bad' ride with the next good record, see checks.py); evaluation refuses them with a
+sentence naming the record. Batches use drop_remainder=True so every shape is static (TPU
+friendly); in eval mode that drops the last partial batch unless drop_remainder=False is
+passed. Videos shorter than one clip wrap around (loop) by default (docs/DESIGN.md);
+short_videos='skip' or 'error' changes it. Every random draw of element k of input pipeline p
+is seeded from (seed, p, k's raw index in the stream), and with `seed` the order is
+deterministic (tf.data deterministic=True), so a run replays exactly; eval mode is always
+deterministic. Use it through `strategy.distribute_datasets_from_function`: the
+input_context shards the data here, so tf.data auto-sharding is turned off.
 """
-import random
+import functools
+import os
 from typing import Optional, Sequence, Union
 
+from absl import logging
+import numpy as np
 import tensorflow as tf
 
-from cvrl_tf.data import device_augment, schema, spatial, temporal
+from cvrl_tf.data import checks, device_augment, schema, source, spatial, temporal
 
 MODES = ("pretrain", "train", "eval")
 AUGMENT_ON = ("host", "device")
 SHORT_VIDEOS = ("wrap", "skip", "error")
-_JPEG_MAGIC = b"\xff\xd8"
 _NO_COLOR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
 
 
 # Re-exported: the glob rule lives with the on-disk layout in schema.py.
 resolve_files = schema.resolve_files
-
-
-def check_example(example: dict, clip_span: int, num_classes: Optional[int],
-                  check_short: bool) -> tf.Tensor:
-    """Checks one parsed example in-graph: bad [4] bool, one flag per check, in this order:
-    no frames, a frame without the JPEG magic bytes, shorter than one clip (only when
-    check_short), a label outside [0, num_classes)."""
-    frames, labels = example["frames"], example["label"]
-    num = tf.size(frames)
-    not_jpeg = tf.not_equal(tf.strings.substr(frames, 0, 2), _JPEG_MAGIC)
-    short = tf.logical_and(check_short, num < clip_span)
-    bad_label = (tf.constant(False) if num_classes is None else
-                 tf.reduce_any(tf.logical_or(labels < 0, labels >= num_classes)))
-    return tf.stack([num == 0, tf.reduce_any(not_jpeg), short, bad_label])
-
-
-def explain_bad(example: dict, bad: tf.Tensor, clip_span: int,
-                num_classes: Optional[int]) -> tf.Tensor:
-    """The first failed check of `check_example` as a sentence (string scalar)."""
-    frames, labels = example["frames"], example["label"]
-    not_jpeg = tf.not_equal(tf.strings.substr(frames, 0, 2), _JPEG_MAGIC)
-    first_bad = tf.argmax(tf.cast(tf.concat([not_jpeg, [True]], 0), tf.int32),
-                          output_type=tf.int32)
-    label_reason = tf.constant("")
-    if num_classes is not None:
-        outside = tf.logical_or(labels < 0, labels >= num_classes)
-        value = tf.concat([tf.boolean_mask(labels, outside), [-1]], 0)[0]
-        label_reason = tf.strings.format("label {} is outside [0, num_classes={})",
-                                         (value, num_classes))
-    reasons = tf.stack([
-        tf.constant("it has no image/encoded frames"),
-        tf.strings.format("frame {} is not a JPEG (no FFD8 magic bytes)", first_bad),
-        tf.strings.format("it has {} frames, fewer than one clip spans ({})",
-                          (tf.size(frames), clip_span)),
-        label_reason,
-    ])
-    return reasons[tf.argmax(tf.cast(bad, tf.int32))]
-
-
-def _read_records(files: list[str], record_shard: Optional[tuple], shuffle: bool,
-                  seed: Optional[int], deterministic: bool) -> tf.data.Dataset:
-    """(file, record index, serialized) from the given files, interleaved, optionally
-    keeping only record indices i with i % n == shard id (record-level sharding)."""
-    files_ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle and len(files) > 1:
-        files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-
-    def read(path):
-        ds = tf.data.TFRecordDataset(path).enumerate()
-        if record_shard is not None:
-            num, index = record_shard
-            ds = ds.filter(lambda i, _: tf.equal(i % num, index))
-        return ds.map(lambda i, s: (path, i, s))
-
-    return files_ds.interleave(read, cycle_length=min(len(files), 8), block_length=1,
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-
-
-def _parse(path, index, serialized):
-    default_id = tf.strings.join([tf.strings.regex_replace(path, r"^.*[/\\]", ""),
-                                  tf.strings.as_string(index)], ":")
-    return schema.parse_sequence_example(serialized, default_id)
 
 
 def _tfds_examples(file_pattern: str, input_context, data_dir: Optional[str]):
@@ -114,15 +59,16 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                   input_context: Optional[tf.distribute.InputContext] = None, *,
                   distribution: str = "decreasing", power: float = 1.0, consistent: bool = True,
                   shuffle_buffer: int = 256, seed: Optional[int] = None,
-                  num_classes: Optional[int] = None, skip_bad_records: bool = False,
+                  num_classes: Optional[int] = None, skip_bad_records: Optional[bool] = None,
                   short_videos: str = "wrap", repeat: Optional[bool] = None,
                   color_augment: bool = False, num_temporal_views: int = 10,
                   num_spatial_views: int = 3, drop_remainder: bool = True,
                   area_range: Sequence[float] = (0.3, 1.0),
                   aspect_ratio_range: Sequence[float] = (0.5, 2.0),
                   tfds_data_dir: Optional[str] = None, augment_on: Optional[str] = None,
+                  start_positions: Optional[np.ndarray] = None,
                   **augment_kwargs) -> tf.data.Dataset:
-    """The input pipeline: batches of {'video', 'label', 'id'} for one input pipeline.
+    """The input pipeline: batches of {'video', 'label', 'id', ...} for one input pipeline.
 
     mode 'pretrain': video [2B, T, S, S, 3], rows i and i+B are two clips of one video, view 1
     (blur p=1) in the first B rows, view 2 (blur 0.1, solarize 0.2) in the last B.
@@ -140,6 +86,12 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     the train step turns them into the same float32 clips with device_augment.augment_batch
     (steps.make_pretrain_step does). Default: 'device' in mode 'pretrain', 'host' otherwise
     ('eval' has no random augmentation and refuses 'device').
+    Training modes also yield, per video: 'id_hash' int32 (`id_hash` of the id), 'position'
+    int32 [source.POSITION_SIZE] (where the stream stood), 'skipped' int32 [len(CAUSES)] and
+    'last_bad' int32 [len(CAUSES), 3] (checks.py). `start_positions`: positions a previous run
+    stored (any number of rows); the stream continues after the newest of this pipeline's.
+    skip_bad_records: None skips in training modes and refuses in 'eval'.
+    shuffle_buffer: records per shuffled window (1: no shuffling).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -149,7 +101,7 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     if unknown:
         raise ValueError(f"Unknown build_dataset arguments {sorted(unknown)}; augmentation "
                          f"arguments are {spatial.AUGMENT_KWARGS}.")
-    temporal._check_distribution(distribution, power)  # pylint: disable=protected-access
+    temporal.check_distribution(distribution, power)
     augment_on = augment_on or ("device" if mode == "pretrain" else "host")
     if augment_on not in AUGMENT_ON or (mode == "eval" and augment_on == "device"):
         raise ValueError(f"augment_on must be one of {AUGMENT_ON} ('host' in mode 'eval'), got "
@@ -164,55 +116,77 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     pipe_id = input_context.input_pipeline_id if input_context else 0
     training = mode != "eval"
     repeat = training if repeat is None else repeat
+    skip = training if skip_bad_records is None else skip_bad_records
     deterministic = seed is not None or mode == "eval"  # Eval has no randomness: keep order.
-    base_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     clip_span = (num_frames - 1) * stride + 1
+    window = shuffle_buffer if training else 1
 
+    # Records, in an order a run can resume (source.py), or TFDS examples (fresh order only).
     if isinstance(file_pattern, str) and file_pattern.startswith("tfds:"):
-        ds = _tfds_examples(file_pattern, input_context, tfds_data_dir)
+        seed, ds = _tfds_stream(file_pattern, input_context, tfds_data_dir, seed, training,
+                                shuffle_buffer, repeat, start_positions, pipe_id, num_pipes)
     else:
-        files = resolve_files(file_pattern)
-        record_shard = None
-        if num_pipes > 1 and len(files) >= num_pipes:
-            files = files[pipe_id::num_pipes]
-        elif num_pipes > 1:
-            record_shard = (num_pipes, pipe_id)
-        ds = _read_records(files, record_shard, training, base_seed, deterministic)
-        ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        files, record_shard = source.shard_files(resolve_files(file_pattern), num_pipes,
+                                                 pipe_id)
+        seed, start = _start_of(start_positions, seed, pipe_id, num_pipes, len(files), window)
+        ds = source.records(files, source.file_sizes(files), pipeline=pipe_id,
+                            num_pipelines=num_pipes, record_shard=record_shard, seed=seed,
+                            window=window, shuffle=training, repeat=repeat, start=start)
+        names = tf.constant([os.path.basename(f) for f in files])
+        parse = functools.partial(_parse, names=names)
+        ds = ds.apply(checks.attempt(parse, _unparseable, deterministic) if skip
+                      else lambda d: d.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                           deterministic=deterministic))
 
+    # Clips: cheap checks, then decode only what the clips need and augment (or prepare).
     check_short = short_videos != "wrap"
-    if skip_bad_records or short_videos == "skip":
-        ds = _skip_bad(ds, clip_span, num_classes, check_short, skip_bad_records)
-    if training and shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=base_seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-
     aug = dict(area_range=area_range, aspect_ratio_range=aspect_ratio_range, **augment_kwargs)
     if mode == "train" and not color_augment:
         aug.update(_NO_COLOR)
-    element_base = tf.constant([base_seed, pipe_id], tf.int64)
+    element_base = tf.constant([seed, pipe_id], tf.int64)
 
-    def process(index, example):
-        frames = _assert_good(example, clip_span, num_classes, check_short)
-        seed_k = tf.random.experimental.stateless_fold_in(element_base, index)
+    def clips_of(element):
+        seed_k = tf.random.experimental.stateless_fold_in(element_base, element["q"])
+        frames = element["frames"]
         if mode == "pretrain":
-            clips = _pretrain_clips(frames, seed_k, num_frames, stride, crop_size, distribution,
-                                    power, consistent, aug, on_device)
-        elif mode == "train":
-            clips = _train_clip(frames, seed_k, num_frames, stride, crop_size, consistent, aug,
-                                on_device)
-        else:
-            clips = {"video": _eval_views(frames, num_frames, stride, crop_size,
-                                          num_temporal_views, num_spatial_views)}
-        labels = example["label"]
-        label = tf.concat([labels, [-1]], 0)[0]
-        return dict(clips, label=label, id=example["id"])
+            return _pretrain_clips(frames, seed_k, num_frames, stride, crop_size, distribution,
+                                   power, consistent, aug, on_device)
+        if mode == "train":
+            return _train_clip(frames, seed_k, num_frames, stride, crop_size, consistent, aug,
+                               on_device)
+        return {"video": _eval_views(frames, num_frames, stride, crop_size, num_temporal_views,
+                                     num_spatial_views)}
 
-    ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE,
-                            deterministic=deterministic)
-    if skip_bad_records:  # Records that pass the cheap checks but still fail to decode.
-        ds = ds.ignore_errors(log_warning=True)
+    def checked(element):
+        status = tf.where(element["status"] > 0, element["status"],
+                          checks.status_of(element, clip_span, num_classes, check_short))
+        return dict(element, status=status,
+                    reason=checks.reason(element, status, clip_span, num_classes))
+
+    specs = ds.map(checked).map(clips_of).element_spec  # Traced only, to shape the blanks.
+
+    def blank():  # Zero clips for a record that has none (built in-graph, never captured).
+        return {k: tf.zeros(spec.shape, spec.dtype) for k, spec in specs.items()}
+
+    def process(element):
+        clips = tf.cond(element["status"] > 0, blank, lambda: clips_of(element))
+        return _element(element, clips)
+
+    def undecodable(element):
+        return _element(dict(element, status=tf.constant(checks.CORRUPT_JPEG),
+                             reason=checks.explain(checks.CORRUPT_JPEG)), blank())
+
+    ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if skip:
+        ds = ds.apply(checks.attempt(process, undecodable, deterministic))
+        ds = checks.count_and_drop(ds, pipe_id)
+    else:
+        if short_videos == "skip":  # Skip short videos only; refuse every other bad record.
+            ds = ds.filter(lambda e: tf.not_equal(e["status"], checks.TOO_SHORT))
+        ds = ds.map(checks.refuse).map(process, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=deterministic)
+    keep = _TRAINING_KEYS if training else _EVAL_KEYS
+    ds = ds.map(lambda e: {k: v for k, v in e.items() if k in keep or k in specs})
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if mode == "pretrain":
         ds = ds.map(_views_to_rows, num_parallel_calls=tf.data.AUTOTUNE)
@@ -223,46 +197,97 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     return ds.with_options(options)
 
 
-def _assert_good(example: dict, clip_span: int, num_classes: Optional[int],
-                 check_short: bool) -> tf.Tensor:
-    """The example's frames, after an in-graph check that fails naming the record and cause."""
-    bad = check_example(example, clip_span, num_classes, check_short)
-
-    def fail():  # The message is only built for a bad record.
-        message = tf.strings.join(["cvrl_tf: bad record ", example["id"], ": ",
-                                   explain_bad(example, bad, clip_span, num_classes),
-                                   " (build_dataset(skip_bad_records=True) skips such records)"])
-        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
-            return tf.constant(False)
-
-    ok = tf.cond(tf.reduce_any(bad), fail, lambda: tf.constant(True))
-    with tf.control_dependencies([ok]):
-        return tf.identity(example["frames"])
+_EVAL_KEYS = ("label", "id")
+_TRAINING_KEYS = ("label", "id", "id_hash", "position", "skipped", "last_bad")
 
 
-def _skip_bad(ds: tf.data.Dataset, clip_span: int, num_classes: Optional[int],
-              check_short: bool, skip_all: bool) -> tf.data.Dataset:
-    """Drops bad records (or only too-short ones), printing each with a running count."""
-    def mark(count, example):
-        bad = check_example(example, clip_span, num_classes, check_short)
-        skip = tf.reduce_any(bad) if skip_all else bad[2]
-        count = count + tf.cast(skip, tf.int64)
-        printed = tf.cond(skip, lambda: _print_skip(
-            example["id"], explain_bad(example, bad, clip_span, num_classes), count),
-            lambda: tf.constant(True))
-        with tf.control_dependencies([printed]):
-            skip = tf.identity(skip)
-        return count, (example, skip)
-
-    ds = ds.scan(tf.constant(0, tf.int64), mark)
-    return ds.filter(lambda example, skip: tf.logical_not(skip)).map(lambda example, _: example)
+def id_hash(video_id: tf.Tensor) -> tf.Tensor:
+    """A video id as an int32 (what crosses to the accelerators, which take no strings)."""
+    return tf.cast(tf.strings.to_hash_bucket_fast(video_id, 2**31 - 1), tf.int32)
 
 
-def _print_skip(video_id, reason, count):
-    message = tf.strings.join(["cvrl_tf: skipped bad record ", video_id, ": ", reason,
-                               " (skipped so far: ", tf.strings.as_string(count), ")"])
-    with tf.control_dependencies([tf.print(message)]):
-        return tf.constant(True)
+def _element(element: dict, clips: dict) -> dict:
+    """The pipeline element after its clips are made: clips, label, ids, stream bookkeeping."""
+    label = tf.concat([element["label"], [-1]], 0)[0]
+    out = dict(clips, label=label, id=element["id"], id_hash=id_hash(element["id"]))
+    for key in ("status", "reason", "position", "file", "record"):
+        out[key] = element[key]
+    return out
+
+
+def _parse(element: dict, names: tf.Tensor) -> dict:
+    """A record of source.records as a parsed example (a shard marker: empty, with its
+    status); default id '<file basename>:<record index>'."""
+    default_id = tf.strings.join([names[element["file"]],
+                                  tf.strings.as_string(element["record"])], ":")
+
+    def parsed():
+        example = schema.parse_sequence_example(element["serialized"], default_id)
+        return dict(example, status=tf.constant(0))
+
+    def marker():
+        return {"frames": tf.zeros([0], tf.string), "label": tf.zeros([0], tf.int32),
+                "id": default_id, "status": tf.constant(checks.TRUNCATED_SHARD)}
+
+    example = tf.cond(element["marker"], marker, parsed)
+    return dict(example, **{k: element[k] for k in ("q", "position", "file", "record")})
+
+
+def _unparseable(element: dict) -> dict:
+    """What _parse gives for a record that does not parse."""
+    default_id = tf.strings.join(["record ", tf.strings.as_string(element["record"]),
+                                  " of file ", tf.strings.as_string(element["file"])])
+    return {"frames": tf.zeros([0], tf.string), "label": tf.zeros([0], tf.int32),
+            "id": default_id, "status": tf.constant(checks.NOT_PARSEABLE),
+            **{k: element[k] for k in ("q", "position", "file", "record")}}
+
+
+def _start_of(start_positions, seed, pipe_id, num_pipes, num_files, window):
+    """(stream seed, start position or None) of this input pipeline from a stored table."""
+    start = None
+    if start_positions is not None:
+        start = source.latest(start_positions, pipe_id, num_pipes, num_files, window, seed)
+        if start is None:
+            logging.warning("Input pipeline %d: the stored input positions belong to another "
+                            "layout (pipelines, files, shuffle window or seed); starting a "
+                            "fresh order.", pipe_id)
+    if start is not None:
+        seed = int(start[2])
+        logging.info("Input pipeline %d resumes its data stream exactly: epoch %d, record %d "
+                     "of the pipeline's stream.", pipe_id, start[5], start[8] + start[9] + 1)
+    elif seed is None:
+        seed = source.fresh_seed()
+    return seed, start
+
+
+def _tfds_stream(file_pattern, input_context, data_dir, seed, training, shuffle_buffer, repeat,
+                 start_positions, pipe_id, num_pipes):
+    """(seed, parsed TFDS examples with stream bookkeeping): shuffled by a buffer, so a resumed
+    run continues with a fresh order (seeded by where it stopped), never from the start."""
+    seed = source.fresh_seed() if seed is None else seed
+    resumed = None
+    if start_positions is not None:
+        resumed = source.latest(start_positions, pipe_id, num_pipes, 0, 0, None)
+    if resumed is not None:
+        seed = int(resumed[2]) ^ (int(resumed[8]) + 1)
+        logging.warning("Input pipeline %d reads TFDS, which cannot resume its order exactly: "
+                        "continuing with a fresh order.", pipe_id)
+    ds = _tfds_examples(file_pattern, input_context, data_dir)
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    layout = tf.constant(source.layout(pipe_id, num_pipes, seed, 0, 0))
+    first = int(resumed[8]) + 1 if resumed is not None else 0
+
+    def bookkeeping(q, example):
+        q = q + first
+        position = tf.concat([layout, tf.zeros([3], tf.int32), tf.cast([q], tf.int32),
+                              tf.zeros([source.POSITION_SIZE - 9], tf.int32)], 0)
+        return dict(example, q=q, position=position, file=tf.constant(-1, tf.int64), record=q,
+                    status=tf.constant(0))
+
+    return seed, ds.enumerate().map(bookkeeping)
 
 
 def _augmented(clips: tf.Tensor, params: tf.Tensor, on_device: bool) -> dict:
@@ -330,7 +355,14 @@ def _eval_views(frames, num_frames, stride, crop_size, num_temporal, num_spatial
 
 def _views_to_rows(batch):
     """[B, 2, ...] -> [2B, ...] with view 1 in the first B rows (video, aug_params); labels
-    and ids repeated."""
-    return {key: (tf.concat([value[:, 0], value[:, 1]], 0) if key in ("video",
-                  device_augment.PARAMS_KEY) else tf.concat([value, value], 0))
-            for key, value in batch.items()}
+    and ids repeated; the per-video bookkeeping (id_hash, position, skipped, last_bad) stays
+    [B, ...]."""
+    rows = {}
+    for key, value in batch.items():
+        if key in ("video", device_augment.PARAMS_KEY):
+            rows[key] = tf.concat([value[:, 0], value[:, 1]], 0)
+        elif key in ("label", "id"):
+            rows[key] = tf.concat([value, value], 0)
+        else:
+            rows[key] = value
+    return rows

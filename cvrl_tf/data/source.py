@@ -2,7 +2,8 @@
 
 The training stream of one input pipeline is a pure function of (seed, pipeline, epoch):
 each epoch permutes the pipeline's files, reads them in groups of `CYCLE` files interleaved
-record by record, and shuffles windows of `window` consecutive records (the shuffle buffer).
+record by record, and shuffles windows of `window` consecutive records of the epoch (the
+shuffle buffer; a window never mixes two epochs).
 Every record carries its *position*: where the reader stood when its window began (epoch,
 group, the next record of each file of the group, the file read first, the raw index) and
 its place in the shuffled window. A run keeps the position of the last record it trained on
@@ -69,13 +70,29 @@ def matches(position: np.ndarray, expected_layout: np.ndarray) -> bool:
     return np.array_equal(np.asarray(position)[:_LAYOUT], expected_layout)
 
 
+def latest(positions: np.ndarray, pipeline: int, num_pipelines: int, num_files: int,
+           window: int, seed: Optional[int] = None) -> Optional[np.ndarray]:
+    """The newest position of this stream among stored rows (one per replica, several per
+    pipeline), or None; seed=None accepts the seed the rows carry (a run that drew it)."""
+    rows = np.asarray(positions, np.int64).reshape(-1, POSITION_SIZE)
+    keep = ((rows[:, 0] == pipeline) & (rows[:, 1] == num_pipelines) & (rows[:, 3] == num_files)
+            & (rows[:, 4] == window))
+    if seed is not None:
+        keep &= rows[:, 2] == seed % (2**31 - 1)
+    rows = rows[keep]
+    if not len(rows):
+        return None
+    newest = rows[np.argmax(rows[:, 5] * 2**32 + rows[:, 8] + rows[:, 9])]  # The latest read.
+    return newest if np.all(rows[:, 2] == newest[2]) else None
+
+
 def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
             num_pipelines: int = 1, record_shard: Optional[tuple[int, int]] = None,
             seed: int = 0, window: int = 1, shuffle: bool = True, repeat: bool = True,
             start: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """The stream of one input pipeline: dicts with 'serialized', 'file' (index into files),
-    'record' (index in the file), 'q' (raw index in the pipeline's stream: the augmentation
-    seed), 'position' (int32 [POSITION_SIZE]), 'marker' and 'problem' (a marker element:
+    'record' (index in the file), 'q' (epoch * 2**32 + raw index in the epoch: unique in the
+    run, the augmentation seed), 'position' (int32 [POSITION_SIZE]), 'marker' and 'problem' (a marker element:
     file `file` vanished or was cut after `record` records).
 
     `start`: the position of the last record a previous run consumed; the stream continues
@@ -111,8 +128,12 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
     def file_elements(file_index, offset):
         path, size = files_t[file_index], sizes_t[file_index]
         exists = tf.size(tf.io.matching_files(path)) > 0
+        # A cut inside a record's header raises DataLossError, elsewhere the reader just ends:
+        # either way keep the records before the cut (the marker then reports it). A vanished
+        # file is filtered out first (ignore_errors would retry opening it forever).
         recs = (tf.data.Dataset.from_tensors(path).filter(lambda _: exists)
-                .flat_map(tf.data.TFRecordDataset).map(lambda s: (s, False)))
+                .flat_map(lambda p: tf.data.TFRecordDataset(p).ignore_errors())
+                .map(lambda s: (s, False)))
         marker = tf.data.Dataset.from_tensors((tf.constant(b""), True))
 
         def count(state, element):
@@ -145,37 +166,19 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
             per_slot, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
             deterministic=True)
 
-    def epoch_elements(epoch):
-        order = file_order(epoch)
-        first_epoch = tf.equal(epoch, e0)
-
-        def group_of(group):
-            first = tf.logical_and(first_epoch, tf.equal(group, g0))
-            offsets = tf.where(first, offsets0_t, tf.zeros_like(offsets0_t))
-            return group_elements(epoch, group, order, offsets,
-                                  tf.where(first, tf.constant(slot0, tf.int64), 0))
-
-        return tf.data.Dataset.range(tf.where(first_epoch, tf.constant(g0, tf.int64), 0),
-                                     num_groups).flat_map(group_of)
-
-    epochs = tf.data.Dataset.range(e0, 2**62) if repeat else tf.data.Dataset.range(e0, 1)
-    raw = epochs.flat_map(epoch_elements)
-
     def track(state, x):  # The reader's state before each raw element: where to reopen.
-        q, epoch, group, offsets = state
-        same = tf.logical_and(tf.equal(x["epoch"], epoch), tf.equal(x["group"], group))
-        offsets = tf.where(same, offsets, tf.zeros_like(offsets))
+        q, group, offsets = state
+        offsets = tf.where(tf.equal(x["group"], group), offsets, tf.zeros_like(offsets))
         reader = tf.concat([tf.stack([x["epoch"], x["group"], x["slot"], q]), offsets], 0)
         following = tf.tensor_scatter_nd_update(offsets, [[x["slot"]]], [x["record"] + 1])
-        return (q + 1, x["epoch"], x["group"], following), dict(x, q=q, reader=reader)
-
-    raw = raw.scan((tf.constant(q0, tf.int64), tf.constant(e0, tf.int64),
-                    tf.constant(g0, tf.int64), offsets0_t), track)
+        return (q + 1, x["group"], following), dict(x, q=q, reader=reader)
 
     def shuffle_window(w):
         count = tf.shape(w["q"])[0]
         if shuffle and window > 1:
-            key = tf.random.experimental.stateless_fold_in(stream_seed + 1, w["q"][0] // window)
+            key = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(stream_seed + 1, w["epoch"][0]),
+                w["q"][0] // window)
             order = tf.argsort(tf.random.stateless_uniform([count], key))
         else:
             order = tf.range(count)
@@ -186,10 +189,30 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
         position = tf.concat([reader[:, :4], index, reader[:, 4:], pad], 1)
         out["position"] = tf.concat([tf.tile(layout_t[tf.newaxis], [count, 1]),
                                      tf.cast(position, tf.int32)], 1)
+        # The augmentation seed: unique over the run (epoch in the high bits).
+        out["q"] = out["epoch"] * 2**32 + out["q"]
         return out
 
-    ds = raw.batch(window).map(shuffle_window).unbatch()
-    if skip0:
-        ds = ds.skip(skip0)
+    def epoch_elements(epoch):
+        """One epoch: groups of files, then windows shuffled within the epoch (a window never
+        mixes two epochs, so a small data set never repeats a video inside a window)."""
+        order = file_order(epoch)
+        first_epoch = tf.equal(epoch, e0)
+
+        def group_of(group):
+            first = tf.logical_and(first_epoch, tf.equal(group, g0))
+            offsets = tf.where(first, offsets0_t, tf.zeros_like(offsets0_t))
+            return group_elements(epoch, group, order, offsets,
+                                  tf.where(first, tf.constant(slot0, tf.int64), 0))
+
+        g_start = tf.where(first_epoch, tf.constant(g0, tf.int64), 0)
+        raw = tf.data.Dataset.range(g_start, num_groups).flat_map(group_of)
+        state = (tf.where(first_epoch, tf.constant(q0, tf.int64), 0), g_start,
+                 tf.where(first_epoch, offsets0_t, tf.zeros_like(offsets0_t)))
+        ds = raw.scan(state, track).batch(window).map(shuffle_window).unbatch()
+        return ds.skip(tf.where(first_epoch, tf.constant(skip0, tf.int64), 0))
+
+    epochs = tf.data.Dataset.range(e0, 2**62) if repeat else tf.data.Dataset.range(e0, e0 + 1)
+    ds = epochs.flat_map(epoch_elements)
     return ds.map(lambda x: {k: x[k] for k in ("serialized", "file", "record", "q",
                                                "position", "marker", "problem")})

@@ -30,7 +30,7 @@ def resolve_seed(seed: SeedLike) -> tf.Tensor:
     return tf.ensure_shape(tf.reshape(seed, [2]), [2])
 
 
-def _check_distribution(distribution: str, power: float) -> None:
+def check_distribution(distribution: str, power: float) -> None:
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"Unknown interval distribution {distribution!r}; "
                          f"expected one of {DISTRIBUTIONS}.")
@@ -56,7 +56,7 @@ def _loops(num_frames, clip_frames: int, stride: int) -> tf.Tensor:
 def _interval_pmf_tf(distribution: str, num_starts, power: float = 1.0) -> tf.Tensor:
     """The pmf of d = 0..K-1 as a float64 [K] tensor; the single formula both sampler and
     `interval_pmf` use. Each P(d) integrates the continuous density over [d, d+1)."""
-    _check_distribution(distribution, power)
+    check_distribution(distribution, power)
     k = tf.cast(num_starts, tf.float64)
     d = tf.range(k, dtype=tf.float64)
     if distribution == "uniform":
@@ -83,7 +83,7 @@ def interval_pmf(distribution: str, num_starts: int, power: float = 1.0) -> np.n
 def sample_interval(num_starts, distribution: str = "decreasing", power: float = 1.0,
                     seed: SeedLike = None) -> tf.Tensor:
     """Draws the interval d in 0..K-1 (int32 scalar) from `interval_pmf`; graph-safe."""
-    _check_distribution(distribution, power)
+    check_distribution(distribution, power)
     if distribution == "zero":
         return tf.constant(0, tf.int32)
     pmf = _interval_pmf_tf(distribution, num_starts, power)
