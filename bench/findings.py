@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -64,9 +65,12 @@ DOCS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def write_json(path: str, value: dict) -> None:
     """Writes value as indented JSON under a temporary name first: a killed run leaves none."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = json.dumps(value, indent=2)
+    # Lists of numbers or strings on one line: a condition's seeds read across.
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]",
+                  lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
+        f.write(text + "\n")
     os.replace(path + ".tmp", path)
 
 
@@ -185,7 +189,8 @@ class Sweep:
         """Pretrains (unless random_init) and linear-evaluates; writes and returns the result."""
         start = time.time()
         result = {"condition": condition, "seed": seed, "command": self.command,
-                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine.describe()}
+                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                  "load_average": os.getloadavg()[0]}
         warm_start, wall = "", {}
         if CONDITIONS[condition] is not None:
             pretrain = self._train("pretrain", condition, seed, CONDITIONS[condition])
@@ -255,6 +260,8 @@ def summarize(results: dict, sweep: Sweep) -> dict:
         "top5": {c: [r["top5"] for r in rs] for c, rs in results.items()},
         "wall_time_sec": wall,
         "total_wall_time_sec": sum(sum(v) for v in wall.values()),
+        "load_average_at_start": {c: [r["load_average"] for r in rs]
+                                  for c, rs in results.items()},
         "chance_top1": 1.0 / num_classes,
         "steps": {"pretrain": sweep.steps["pretrain"], "linear_eval": sweep.steps["linear"]},
         "steps_scale": sweep.settings["steps_scale"],
@@ -286,14 +293,13 @@ def plot_ablations(path: str, findings: dict) -> str:
         ax.annotate(f"{means[i]:.1f}", (i, means[i]), textcoords="offset points",
                     xytext=(12, 3), fontsize=8)
     ax.axhline(100 * findings["chance_top1"], color="k", linestyle=":", linewidth=1)
-    ax.text(len(conditions) - 0.5, 100 * findings["chance_top1"], "chance", fontsize=7,
-            ha="right", va="bottom")
+    ax.text(-0.55, 100 * findings["chance_top1"], "chance", fontsize=7, va="bottom")
     ax.set_xticks(list(x), [LABELS[c] for c in conditions], fontsize=8)
     ax.set_ylabel("linear-eval top-1 (%)")
     ax.set_ylim(0, 100)
-    seeds = sorted({len(v) for v in findings["top1"].values()})
-    ax.set_title(f"Motion set, demo budget: mean \u00b1 std over "
-                 f"{'/'.join(map(str, seeds))} seeds (dots: seeds)", fontsize=10)
+    seeds = "/".join(map(str, sorted({len(v) for v in findings["top1"].values()})))
+    ax.set_title(f"Motion set, pretraining {findings['steps']['pretrain']} steps: mean "
+                 f"\u00b1 std over {seeds} seed(s), dots: seeds", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     return path
