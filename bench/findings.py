@@ -170,20 +170,25 @@ class Sweep:
     def result_path(self, condition: str, seed: int) -> str:
         return os.path.join(self.results_dir, f"{condition}-seed{seed}.json")
 
-    def _train(self, kind: str, condition: str, seed: int, extra: Sequence[str]) -> dict:
-        """One training run (reused when its results.json says it is complete)."""
+    def _train(self, kind: str, condition: str, seed: int, extra: Sequence[str],
+               reuse: bool = True) -> tuple[dict, bool]:
+        """One training run -> (its results, whether it trained now). Reused when its
+        results.json says it is complete (and `reuse`), resumed from its checkpoints when it
+        stopped half way, else trained from the start."""
         model_dir = self.model_dir(kind, condition, seed)
         previous = os.path.join(model_dir, summaries.RESULTS_JSON)
-        if os.path.exists(previous):
+        if not reuse and os.path.exists(model_dir):
+            shutil.rmtree(model_dir)
+        elif os.path.exists(previous):
             with open(previous, encoding="utf-8") as f:
                 done = json.load(f)
             if done.get("global_step") == done.get("total_steps") == self.steps[kind]:
                 print(f"  {kind}: finished before, reusing {model_dir}", flush=True)
-                return done
+                return done, False
         keras.utils.set_random_seed(seed)  # Model initialization (run.seed: the input).
         gin_file = demo.PRETRAIN_GIN if kind == "pretrain" else demo.LINEAR_GIN
         return train.run_with_gin([gin_file], self.params[kind] + [f"run.seed={seed}"] +
-                                  list(extra), model_dir=model_dir)
+                                  list(extra), model_dir=model_dir), True
 
     def run(self, condition: str, seed: int) -> dict:
         """Pretrains (unless random_init) and linear-evaluates; writes and returns the result."""
@@ -191,21 +196,26 @@ class Sweep:
         result = {"condition": condition, "seed": seed, "command": self.command,
                   "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                   "load_average": os.getloadavg()[0]}
-        warm_start, wall = "", {}
+        warm_start, wall, pretrained_now = "", {}, False
         if CONDITIONS[condition] is not None:
-            pretrain = self._train("pretrain", condition, seed, CONDITIONS[condition])
+            pretrain, pretrained_now = self._train("pretrain", condition, seed,
+                                                   CONDITIONS[condition])
             warm_start = self.model_dir("pretrain", condition, seed)
-            wall["pretrain"] = time.time() - start
+            wall["pretrain"] = (time.time() - start if pretrained_now else
+                                pretrain["wall_time_sec"])  # Reused: its own time.
             result["pretrain"] = {
                 "steps": pretrain["global_step"], "resumed_at": pretrain.get("start_step"),
                 "contrastive_accuracy": _float(pretrain["train"].get("contrastive_accuracy")),
                 "probe_top1": _float(pretrain["eval"].get("top1"))}
         t = time.time()
-        linear = self._train("linear", condition, seed, [f"PRETRAIN_DIR = {warm_start!r}"])
-        wall["linear_eval"] = time.time() - t
+        # A new pretraining gets a new linear eval, never one of an earlier backbone.
+        linear, trained = self._train("linear", condition, seed,
+                                      [f"PRETRAIN_DIR = {warm_start!r}"],
+                                      reuse=not pretrained_now)
+        wall["linear_eval"] = time.time() - t if trained else linear["wall_time_sec"]
         result.update(top1=float(linear["eval"]["top1"]), top5=float(linear["eval"]["top5"]),
                       linear_steps=linear["global_step"],
-                      wall_time_sec={**wall, "total": time.time() - start})
+                      wall_time_sec={**wall, "total": sum(wall.values())})
         write_json(self.result_path(condition, seed), result)
         return result
 

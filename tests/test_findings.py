@@ -93,3 +93,14 @@ def test_sweep_writes_findings_and_skips_finished_runs(tmp_path, monkeypatch, ca
     # Other settings in the same output dir stop with a sentence, not a mixed table.
     with pytest.raises(ValueError, match="holds a sweep with other settings"):
         findings.main(args[:-1] + ["--gin_param=run.global_batch_size=4"])
+
+    # A pretraining that trains again gets a new linear eval, not the earlier backbone's.
+    os.remove(out / "results" / "decreasing-seed0.json")
+    os.remove(out / "seed0" / "pretrain_decreasing" / "results.json")
+    calls.clear()
+    done = {"global_step": 2, "start_step": 2, "train": {}, "eval": {"top1": 0.5, "top5": 1.0}}
+    monkeypatch.setattr(train, "run_with_gin",
+                        lambda files, *a, **k: calls.append(files) or done)
+    findings.Sweep(str(out), scale, PARAMS).run("decreasing", 0)
+    assert calls == [["experiments/demo_pretrain.gin"], ["experiments/demo_linear_eval.gin"]]
+    assert not os.path.exists(out / "seed0" / "linear_decreasing")  # Removed before the run.
