@@ -15,9 +15,10 @@ and, through keras.utils.set_random_seed before each run, the model's initializa
 conditions of one seed start from the same weights, so a comparison within a seed is paired.
 
 Each (condition, seed) writes OUTPUT_DIR/results/<condition>-seed<s>.json when its linear eval
-ends; a rerun skips those, reuses finished runs' results.json and lets a half-finished run
-resume from its checkpoint (train.py's resume order). OUTPUT_DIR/sweep.json pins the settings:
-a rerun with other settings (or after the demo's gin files changed) stops instead of mixing.
+ends; a rerun skips those, reuses finished trainings (their results.json; a pretraining that
+trains again gets a new linear eval) and lets a half-finished one resume from its checkpoint.
+OUTPUT_DIR/sweep.json pins the settings: a rerun with other settings (or after the demo's gin
+files changed) stops instead of mixing.
 At the end, from every result in OUTPUT_DIR: DOCS_DIR/findings.json, findings_ablations.png
 (mean +- std over seeds, each seed a dot) and findings_embeddings.png (eval-set features of the
 random and the CVRL backbone of the first seed that has both, as `make demo` draws them).
@@ -240,6 +241,11 @@ class Sweep:
             return None
         random_init, pretrained = pairs[0]
         seed = random_init["seed"]
+        path = os.path.join(docs_dir, "findings_embeddings.png")
+        sources = [self.result_path(c, seed) for c in ("random_init", "decreasing")]
+        if os.path.exists(path) and os.path.getmtime(path) > max(map(os.path.getmtime,
+                                                                      sources)):
+            return path  # Drawn after both runs ended: up to date.
         dirs = {"pretrain": self.model_dir("pretrain", "decreasing", seed),
                 "linear_eval_random": self.model_dir("linear", "random_init", seed)}
         linear = {"cvrl": {"eval": {"top1": pretrained["top1"]}},
@@ -248,7 +254,6 @@ class Sweep:
                                          self.data_dir, linear)
         if drawn is None:
             return None
-        path = os.path.join(docs_dir, "findings_embeddings.png")
         shutil.copyfile(drawn, path)
         return path
 
@@ -270,7 +275,7 @@ def summarize(results: dict, sweep: Sweep) -> dict:
         "top5": {c: [r["top5"] for r in rs] for c, rs in results.items()},
         "wall_time_sec": wall,
         "total_wall_time_sec": sum(sum(v) for v in wall.values()),
-        "load_average_at_start": {c: [r["load_average"] for r in rs]
+        "load_average_at_start": {c: [r.get("load_average") for r in rs]
                                   for c, rs in results.items()},
         "chance_top1": 1.0 / num_classes,
         "steps": {"pretrain": sweep.steps["pretrain"], "linear_eval": sweep.steps["linear"]},
@@ -391,6 +396,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
     try:
         seeds, conditions = parse_seeds(args.seeds), parse_conditions(args.conditions)
+        if not args.steps_scale > 0:
+            raise ValueError(f"--steps_scale={args.steps_scale} must be > 0.")
     except ValueError as e:
         parser.error(str(e))
     argv = sys.argv[1:] if argv is None else list(argv)
