@@ -11,18 +11,28 @@ Steps, all through train.py's gin root (gin/experiments/demo_*.gin):
    {"linear_top1": {"cvrl": x, "random_init": y}, "linear_top5": {...}, ...};
 5. draw the eval-set features of the random and the CVRL backbone, coloured by class, to
    OUTPUT_DIR/embeddings.png (t-SNE, or PCA without scikit-learn; cvrl_tf/plots.py), name it.
-Training runs start fresh each time (the data set is reused).
+Training runs start fresh each time (the data set is reused). After the second loop of
+pretraining the demo prints its measured clips/s and an ETA for the whole demo
+(demo_clock.py); its measurements are in docs/DEMO.md.
 """
+import time
+
+_START = time.monotonic()  # before TensorFlow's import, which the ETA counts too
+
+# pylint: disable=wrong-import-position
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
-import time
+import sys
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
 from cvrl_tf import checkpoints
+from cvrl_tf import config
+from cvrl_tf import demo_clock
 from cvrl_tf import export
 from cvrl_tf import features
 from cvrl_tf import plots
@@ -49,33 +59,54 @@ def ensure_data(data_dir: str, num_train: int, num_eval: int) -> None:
     synthetic.write_dataset(data_dir, num_train=num_train, num_eval=num_eval)
 
 
+def _phase(name: str, gin_file: str, params: Sequence[str], pretrain: bool
+           ) -> demo_clock.Phase:
+    """Steps and clips per step of one run, read from its gin config."""
+    train.parse_gin([gin_file], params)
+    cfg = train.job_config("")
+    steps = config.schedule(cfg).total
+    return demo_clock.Phase(name, steps, cfg.global_batch_size * (2 if pretrain else 1))
+
+
 def run_demo(output_dir: str, gin_params: Sequence[str] = (), num_train: int = 600,
-             num_eval: int = 300) -> dict:
-    """Runs the whole demo; returns (and writes) the results dict."""
-    start = time.time()
+             num_eval: int = 300, start: Optional[float] = None) -> dict:
+    """Runs the whole demo; returns (and writes) the results dict.
+
+    `start` (time.monotonic()) is when the demo began, for its ETA; default: now.
+    """
+    start = time.monotonic() if start is None else start
     output_dir = os.path.abspath(output_dir)
     data_dir = os.path.join(output_dir, "data")
+    times = {}
     ensure_data(data_dir, num_train, num_eval)
+    times["start_up_and_data"] = time.monotonic() - start
     dirs = {name: os.path.join(output_dir, name)
             for name in ("pretrain", "linear_eval_cvrl", "linear_eval_random")}
     for path in dirs.values():
         if tf.io.gfile.exists(path):
             shutil.rmtree(path)
     params = _data_macros(data_dir) + list(gin_params)
-    times = {}
-
-    t = time.time()
-    print("\n== CVRL pretraining ==", flush=True)
-    pretrain = train.run_with_gin([PRETRAIN_GIN], params, model_dir=dirs["pretrain"])
-    times["pretrain"] = time.time() - t
-    linear = {}
-    for name, warm_start in (("cvrl", dirs["pretrain"]), ("random_init", "")):
-        t = time.time()
-        print(f"\n== Linear evaluation: {name} backbone ==", flush=True)
-        model_dir = dirs["linear_eval_cvrl" if name == "cvrl" else "linear_eval_random"]
-        linear[name] = train.run_with_gin([LINEAR_GIN], params + [f"PRETRAIN_DIR = {warm_start!r}"],
-                                          model_dir=model_dir)
-        times[f"linear_eval_{name}"] = time.time() - t
+    runs = [("pretrain", PRETRAIN_GIN, [], "CVRL pretraining"),
+            ("linear_eval_cvrl", LINEAR_GIN, [f"PRETRAIN_DIR = {dirs['pretrain']!r}"],
+             "Linear evaluation: cvrl backbone"),
+            ("linear_eval_random", LINEAR_GIN, ["PRETRAIN_DIR = ''"],
+             "Linear evaluation: random_init backbone")]
+    clock = demo_clock.DemoClock(
+        [_phase(name, gin_file, params + extra, name == "pretrain")
+         for name, gin_file, extra, _ in runs], start)
+    outputs = {}
+    watcher = demo_clock.ProgressWatcher(sys.stdout, clock.on_progress)
+    with contextlib.redirect_stdout(watcher):
+        for name, gin_file, extra, title in runs:
+            t = time.monotonic()
+            print(f"\n== {title} ==", flush=True)
+            clock.begin(name)
+            outputs[name] = train.run_with_gin([gin_file], params + extra,
+                                               model_dir=dirs[name])
+            times[name] = time.monotonic() - t
+    pretrain = outputs["pretrain"]
+    linear = {"cvrl": outputs["linear_eval_cvrl"],
+              "random_init": outputs["linear_eval_random"]}
 
     embedding_map = write_embedding_map(output_dir, dirs, data_dir, linear)
     results = {
@@ -86,11 +117,15 @@ def run_demo(output_dir: str, gin_params: Sequence[str] = (), num_train: int = 6
                      "contrastive_accuracy": pretrain["train"].get("contrastive_accuracy"),
                      "probe_top1": pretrain["eval"].get("top1")},
         "num_eval_videos": linear["cvrl"]["eval"].get("num_examples"),
-        "wall_time_sec": {**times, "total": time.time() - start},
+        "wall_time_sec": {**times, "total": time.monotonic() - start},
+        "eta": clock.estimate,
         "model_dirs": dirs,
     }
     summaries.write_results(output_dir, results)
     _print_table(results)
+    print(clock.summary(), flush=True)
+    if embedding_map:
+        print(f"Embedding map of the eval set (random init vs CVRL): {embedding_map}", flush=True)
     return results
 
 
@@ -104,8 +139,6 @@ def _print_table(results: dict) -> None:
           f"{100 * top5['random_init']:>7.1f}%")
     print(f"  CVRL - random: {gain:+.1f} points of top-1; "
           f"wall time {results['wall_time_sec']['total'] / 60:.1f} min")
-    if results.get("embedding_map"):
-        print(f"Embedding map of the eval set (random init vs CVRL): {results['embedding_map']}")
 
 
 def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
@@ -143,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--gin_param", action="append", default=[],
                         help="extra gin binding for every run, e.g. run.train_length=100")
     args = parser.parse_args(argv)
-    results = run_demo(args.output_dir, args.gin_param)
+    results = run_demo(args.output_dir, args.gin_param, start=_START)
     print(f"Results written to {os.path.abspath(args.output_dir)}", flush=True)
     return results
 

@@ -15,7 +15,7 @@ def test_demo_writes_results_and_names_its_dir_last(tmp_path, capsys):
     out = tmp_path / "demo"
     synthetic.write_dataset(str(out / "data"), num_train=16, num_eval=8, num_frames=16, size=32,
                             num_shards=2, seed=0)
-    params = ["run.train_length=2", "run.steps_per_loop=2", "run.checkpoint_every=2",
+    params = ["run.train_length=4", "run.steps_per_loop=2", "run.checkpoint_every=2",
               "run.global_batch_size=8", "run.eval_batch_size=8", "run.min_video_frames=16",
               "run.image_summaries=False"]
     args = ["--output_dir", str(out)] + [f"--gin_param={p}" for p in params]
@@ -29,14 +29,22 @@ def test_demo_writes_results_and_names_its_dir_last(tmp_path, capsys):
     with open(out / "embeddings.png", "rb") as f:
         assert tuple(tf.io.decode_png(f.read()).shape) == (450, 800, 4)
     assert any("CVRL - random" in line for line in printed)
+    # Speed and ETA after the second pretraining loop, before any linear evaluation.
+    eta = [i for i, line in enumerate(printed) if line.startswith("[demo] measured ")]
+    linear = printed.index("== Linear evaluation: cvrl backbone ==")
+    assert len(eta) == 1 and eta[0] < linear and "clips/s in pretraining; ETA" in printed[eta[0]]
+    assert printed[-3].startswith("[demo] wall time ") and "estimated" in printed[-3]
     with open(out / "results.json") as f:
         saved = json.load(f)
     assert saved["linear_top1"] == results["linear_top1"]
     for name in ("cvrl", "random_init"):
         assert 0.0 <= saved["linear_top1"][name] <= saved["linear_top5"][name] <= 1.0
-    assert saved["pretrain"]["steps"] == 2 and saved["num_eval_videos"] == 8
+    assert saved["pretrain"]["steps"] == 4 and saved["num_eval_videos"] == 8
+    assert saved["eta"]["clips_per_sec"] > 0
+    assert set(saved["eta"]["remaining_sec"]) == {"pretrain", "linear_eval_cvrl",
+                                                  "linear_eval_random"}
     runs = saved["model_dirs"]
-    assert os.path.exists(os.path.join(runs["pretrain"], "ckpt-2.index"))
+    assert os.path.exists(os.path.join(runs["pretrain"], "ckpt-4.index"))
     with open(os.path.join(runs["linear_eval_cvrl"], "results.json")) as f:
         assert json.load(f)["initialized_from"].startswith("warm_start:")
     with open(os.path.join(runs["linear_eval_random"], "results.json")) as f:

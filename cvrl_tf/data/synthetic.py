@@ -15,6 +15,7 @@ clips of a video share is mostly their motion, which is what the demo is meant t
     python -m cvrl_tf.data.synthetic --output_dir DIR   # train/eval TFRecords + label_map.txt
 """
 import argparse
+import concurrent.futures
 import json
 import os
 from typing import Optional
@@ -71,17 +72,36 @@ def render_video(rng: np.random.Generator, label: int, num_frames: int = 32,
     level = rng.uniform(0, 255)
     while abs(level - bg_level) < 70:  # keep the object visible
         level = rng.uniform(0, 255)
-    color = np.full(3, level)
     square = rng.random() < 0.5
     grid = np.arange(size, dtype=np.float64) + 0.5
     # Distances on the torus, so motion wraps around and positions stay uniform.
     ddy = (grid[None, :, None] - path["y"][:, None, None] + size / 2) % size - size / 2
     ddx = (grid[None, None, :] - path["x"][:, None, None] + size / 2) % size - size / 2
     dist = np.maximum(np.abs(ddy), np.abs(ddx)) if square else np.hypot(ddy, ddx)
-    alpha = np.clip(path["radius"][:, None, None] - dist + 0.5, 0.0, 1.0)[..., None]
-    frames = alpha * color + (1.0 - alpha) * background[None]
+    alpha = np.clip(path["radius"][:, None, None] - dist + 0.5, 0.0, 1.0)
+    # Object and background are grey: blend one channel, then add per-channel pixel noise.
+    grey = alpha * level + (1.0 - alpha) * background[None, :, :, 0]
+    frames = np.repeat(grey[..., None], 3, axis=-1)
     frames += rng.normal(0.0, rng.uniform(3.0, 12.0), frames.shape)
     return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+
+
+@tf.function(autograph=False)
+def _encode_video(frames: tf.Tensor, quality: int) -> tf.Tensor:
+    """JPEG bytes of every frame in one call (the same bytes as schema.encode_frames); traced
+    once per frame shape and quality."""
+    return tf.map_fn(lambda frame: tf.io.encode_jpeg(frame, quality=quality), frames,
+                     fn_output_signature=tf.string)
+
+
+def _video_record(seed: int, split: str, split_key: int, index: int, label: int,
+                  num_frames: int, size: int, jpeg_quality: int) -> bytes:
+    """One serialized SequenceExample; its content depends only on (seed, split, index)."""
+    frames = render_video(np.random.default_rng([seed, split_key, index]), label, num_frames,
+                          size)
+    jpegs = list(_encode_video(frames, jpeg_quality).numpy())
+    return schema.make_sequence_example(jpegs, label, f"synthetic-{split}-{index:05d}",
+                                        [CLASS_NAMES[label]]).SerializeToString()
 
 
 def write_split(output_dir: str, split: str, num_videos: int, num_frames: int, size: int,
@@ -95,14 +115,15 @@ def write_split(output_dir: str, split: str, num_videos: int, num_frames: int, s
     paths = [os.path.join(output_dir, schema.shard_filename(split, i, num_shards))
              for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(p) for p in paths]
+    # Videos render and encode on every core (numpy's generators and the JPEG encoder release
+    # the GIL); map() keeps their order, so the files do not depend on the thread count.
     try:
-        for i, label in enumerate(labels):
-            rng = np.random.default_rng([seed, split_key, i])
-            frames = render_video(rng, int(label), num_frames, size)
-            example = schema.make_sequence_example(
-                schema.encode_frames(frames, jpeg_quality), int(label),
-                f"synthetic-{split}-{i:05d}", [CLASS_NAMES[label]])
-            writers[i % num_shards].write(example.SerializeToString())
+        with concurrent.futures.ThreadPoolExecutor(max(os.cpu_count() or 1, 1)) as pool:
+            records = pool.map(lambda i: _video_record(seed, split, split_key, i, int(labels[i]),
+                                                       num_frames, size, jpeg_quality),
+                               range(num_videos))
+            for i, record in enumerate(records):
+                writers[i % num_shards].write(record)
     finally:
         for w in writers:
             w.close()

@@ -1,0 +1,83 @@
+"""The demo's speed and ETA: trainer progress lines in, an extrapolated whole-demo time out."""
+import io
+
+import pytest
+
+from cvrl_tf import demo_clock
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _clock(printed: list, fake: FakeClock) -> demo_clock.DemoClock:
+    phases = [demo_clock.Phase("pretrain", 100, 128),
+              demo_clock.Phase("linear_eval_cvrl", 50, 64),
+              demo_clock.Phase("linear_eval_random", 50, 64)]
+    return demo_clock.DemoClock(phases, start=0.0, print_fn=printed.append, clock=fake)
+
+
+def test_eta_extrapolates_every_phase_from_the_second_pretraining_loop():
+    printed, fake = [], FakeClock()
+    clock = _clock(printed, fake)
+    fake.now = 10.0
+    clock.begin("pretrain")
+    fake.now = 30.0  # loop 1 (10 steps) ends: 10 s of set-up and tracing + 10 s of steps
+    clock.on_progress(10, 100, 40.0)
+    assert not printed and clock.estimate is None
+    fake.now = 40.0  # loop 2: 1 s per step of 128 clips
+    clock.on_progress(20, 100, 128.0)
+    setup, clip_sec = 10.0, 1.0 / 128
+    pretrain_left = 80 * 1.0 + demo_clock.END_COST_SHARE * setup
+    linear = ((1 + demo_clock.END_COST_SHARE) * setup
+              + 50 * 64 * clip_sec / demo_clock.LINEAR_SPEEDUP)
+    assert clock.estimate["clips_per_sec"] == pytest.approx(128.0)
+    assert clock.estimate["printed_at_sec"] == 40.0
+    assert clock.estimate["total_sec"] == pytest.approx(40.0 + pretrain_left + 2 * linear)
+    assert len(printed) == 1 and "measured 128 clips/s" in printed[0]
+    assert f"whole demo about {demo_clock.format_duration(clock.estimate['total_sec'])}" \
+        in printed[0]
+    fake.now = 50.0
+    clock.on_progress(30, 100, 128.0)  # printed once only
+    clock.begin("linear_eval_cvrl")
+    clock.on_progress(50, 50, 1000.0)
+    assert len(printed) == 1
+    fake.now = 200.0
+    assert clock.summary() == "[demo] wall time 3:20; estimated 2:52 after 0:40"
+
+
+def test_a_single_pretraining_loop_still_gives_an_estimate():
+    printed, fake = [], FakeClock()
+    clock = _clock(printed, fake)
+    clock.begin("pretrain")
+    fake.now = 20.0
+    clock.on_progress(100, 100, 640.0)
+    assert clock.estimate["clips_per_sec"] == pytest.approx(640.0)
+    assert len(printed) == 1
+
+
+def test_phases_must_follow_the_plan():
+    clock = _clock([], FakeClock())
+    with pytest.raises(ValueError, match="not next in the plan"):
+        clock.begin("linear_eval_cvrl")
+
+
+def test_watcher_passes_text_through_and_reports_progress_lines_only():
+    seen, out = [], io.StringIO()
+    watcher = demo_clock.ProgressWatcher(out, lambda *args: seen.append(args))
+    text = ("train | step: 0 | training until step 100...\n"
+            "step 50/1200 | loss 5.8614 | 368.7 clips/s | ETA 0:06:39\nstep 100/12")
+    watcher.write(text)
+    watcher.write("00 | loss 5.2 | 523.5 clips/s | ETA 0:05:26\n")
+    assert out.getvalue() == text + "00 | loss 5.2 | 523.5 clips/s | ETA 0:05:26\n"
+    assert seen == [(50, 1200, 368.7), (100, 1200, 523.5)]
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (754, "12:34"),
+                                           (3725, "1:02:05"), (-3, "0:00")])
+def test_format_duration(seconds, text):
+    assert demo_clock.format_duration(seconds) == text
