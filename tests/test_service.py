@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -38,9 +39,9 @@ def cluster():
     address = f"127.0.0.1:{dispatcher.target.rsplit(':', 1)[1]}"
     workers = [service.start_worker(address, 0, "127.0.0.1") for _ in range(2)]
     yield f"grpc://{address}", workers
-    dispatcher.stop()  # First: workers then stop at once.
-    for worker in workers:
+    for worker in workers:  # Before the dispatcher: their tasks would wait for it.
         worker.stop()
+    dispatcher.stop()
 
 
 def _video_ids(data_dir):
@@ -123,17 +124,21 @@ def test_pretraining_reads_from_the_workers(data_dir, cluster, tmp_path, caplog)
     assert len(notes) == 1 and address in notes[0]
 
 
-def _start(args):
+def _start(args, log):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen([sys.executable, "-m", "cvrl_tf.data.service"] + args,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with open(log, "w") as stderr:  # A file: an unread pipe could fill up and block it.
+        return subprocess.Popen([sys.executable, "-m", "cvrl_tf.data.service"] + args,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
 
 
-def _address_line(process, pattern):
-    line = process.stdout.readline()
-    match = re.search(pattern, line)
-    assert match, (line, process.stderr.read() if process.poll() is not None else "")
-    return match.group(1)
+def _interrupt(process):
+    """SIGINT, then the exit code (None, and killed, if it has not exited within 60 s)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return None
 
 
 def _free_port():
@@ -142,23 +147,25 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def test_command_line_servers_serve_and_stop_on_interrupt():
+def test_command_line_servers_serve_and_stop_on_interrupt(tmp_path):
     port = _free_port()  # Both start at once: the worker waits for the dispatcher.
-    dispatcher = _start(["--dispatcher", "--port", str(port)])
+    dispatcher = _start(["--dispatcher", "--port", str(port)], tmp_path / "dispatcher.log")
     worker = _start(["--worker", "--dispatcher_address", f"127.0.0.1:{port}", "--port", "0",
-                     "--worker_address", "127.0.0.1"])
+                     "--worker_address", "127.0.0.1"], tmp_path / "worker.log")
     try:
-        assert _address_line(dispatcher, r"dispatcher at grpc://\S+:(\d+):") == str(port)
+        line = dispatcher.stdout.readline()
+        assert re.search(rf"dispatcher at grpc://\S+:{port}: train with", line), (
+            line, (tmp_path / "dispatcher.log").read_text())
         line = worker.stdout.readline()
         if line.startswith("Waiting for the dispatcher"):
             line = worker.stdout.readline()
-        assert re.search(r"worker at 127\.0\.0\.1:\d+ for the dispatcher", line), line
+        assert re.search(r"worker at 127\.0\.0\.1:\d+ for the dispatcher", line), (
+            line, (tmp_path / "worker.log").read_text())
         served = service.distribute(tf.data.Dataset.range(20), f"grpc://127.0.0.1:{port}")
         assert sorted(int(x) for x in served.as_numpy_iterator()) == list(range(20))
-    finally:
-        for process in (worker, dispatcher):
-            process.send_signal(signal.SIGINT)
-    assert worker.wait(timeout=30) == 0 and dispatcher.wait(timeout=30) == 0
+    finally:  # The worker first, as in the fixture.
+        codes = [_interrupt(worker), _interrupt(dispatcher)]
+    assert codes == [0, 0]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -182,3 +189,16 @@ def test_command_line_refuses_a_taken_port(capsys):
         with pytest.raises(SystemExit):
             service.main(["--dispatcher", "--port", str(holder.getsockname()[1])])
     assert "is in use" in capsys.readouterr().err
+
+
+def test_a_server_that_does_not_stop_in_time_is_reported(monkeypatch):
+    class Stuck:
+        def stop(self):
+            time.sleep(3)
+
+    monkeypatch.setattr(service, "STOP_TIMEOUT_S", 0.1)
+    stop = threading.Event()
+    stop.set()
+    start = time.time()
+    assert not service._wait(stop, Stuck())  # pylint: disable=protected-access
+    assert time.time() - start < 1

@@ -13,6 +13,7 @@ Training uses them with run.data_service_address='grpc://HOST:5050' (job.py call
 `distribute`). WORKSPACE.md says how to run them next to a TPU VM.
 """
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 PROTOCOL = "grpc"
 CONNECT_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 30.0
 _service = tf.data.experimental.service
 
 
@@ -61,18 +63,19 @@ def distribute(dataset: tf.data.Dataset, address: str, job_name: Optional[str] =
     """`dataset` computed by the tf.data service workers at `address`, its source dynamically
     sharded among them (ShardingPolicy.DYNAMIC); elements pass through unchanged.
 
-    Apply it to the finished per-input-pipeline dataset of `pipeline.build_dataset`, i.e. on
-    the batched stream: then every CPU-heavy stage (read, parse, JPEG decode of the crop
-    window, resize, augmentation parameters) and the batching run on the workers, the trainer
-    host only receives finished batches (large messages, few RPCs, as the service works best),
-    batch shapes stay static (drop_remainder on the workers) and every field build_dataset
-    yields ('video', 'aug_params', 'label', 'id', and whatever it adds) arrives as built.
-    Dynamic sharding needs a splittable source: the dispatcher splits the dataset's first
-    source (build_dataset's list of files, or of epochs when its reader starts from a range)
-    and hands the splits to workers as they ask, each split visited once per epoch (at most
-    once if a worker dies); each batch holds videos of one worker's splits, mixed by that
-    worker's interleave and shuffle buffer as on a single host. Elements arrive in no fixed
-    order, so a run reading from the service cannot be replayed or resumed exactly.
+    Where: on the finished per-input-pipeline dataset of `pipeline.build_dataset`, i.e. the
+    batched stream. Every CPU-heavy stage (read, parse, JPEG decode of the crop window,
+    resize, augmentation parameters) and the batching run on the workers; the trainer host
+    only receives finished batches (large messages, few RPCs: what the service does best;
+    distributing single videos and batching on the trainer would cost it one RPC and one
+    copy per video), batch shapes stay static (drop_remainder on the workers) and every field
+    build_dataset yields ('video', 'aug_params', 'label', 'id' and any it adds) arrives as
+    built. Dynamic sharding needs a splittable source: the dispatcher splits the pipeline's
+    source dataset (build_dataset's file list: one split per file; a reader that starts from
+    a range of epochs is split by epoch) and hands splits to workers as they ask, each visited
+    once per epoch (at most once if a worker dies). A batch holds videos of one worker's
+    splits, mixed by its interleave and shuffle buffer as on a single host. Elements arrive
+    in no fixed order: a run reading from the service cannot be replayed or resumed exactly.
 
     job_name: None gives the dataset its own job (one consumer). A name shares one job
     among all datasets iterated with it, whatever their graph (the service then silently
@@ -190,9 +193,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def _wait(stop: threading.Event, server) -> None:
-    """Serves until SIGINT/SIGTERM, then stops `server`; a dispatcher prints its number of
-    registered workers whenever it changes."""
+def _wait(stop: threading.Event, server) -> bool:
+    """Serves until SIGINT/SIGTERM, then stops `server` (False: not within STOP_TIMEOUT_S);
+    a dispatcher prints its number of registered workers whenever it changes."""
     workers = None
     while not stop.wait(2.0):
         if isinstance(server, _service.DispatchServer):
@@ -200,7 +203,12 @@ def _wait(stop: threading.Event, server) -> None:
             if count != workers:
                 print(f"{count} worker(s) registered.", flush=True)
                 workers = count
-    server.stop()
+    # A worker's stop waits for its tasks, and a task asking a dispatcher that is gone for
+    # work retries for an hour: stop in a thread, give up after a while.
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    stopper.start()
+    stopper.join(STOP_TIMEOUT_S)
+    return not stopper.is_alive()
 
 
 def _wait_for_dispatcher(address: str, stop: threading.Event) -> bool:
@@ -222,7 +230,8 @@ def _wait_for_dispatcher(address: str, stop: threading.Event) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: start the dispatcher or a worker, print its address, serve until
-    interrupted. Exit 0 after an interrupt, 1 when the server cannot start, 2 on bad flags."""
+    interrupted. Exit 0 after an interrupt, 1 when the server cannot start or stop, 2 on bad
+    flags."""
     args = _parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -247,7 +256,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (tf.errors.OpError, RuntimeError, ValueError) as e:
         print(f"cvrl_tf.data.service: the {role} could not start: {e}", file=sys.stderr)
         return 1
-    _wait(stop, server)
+    if not _wait(stop, server):
+        print(f"cvrl_tf.data.service: the {role} did not stop within {STOP_TIMEOUT_S:.0f} s "
+              f"(a task may be waiting for a dispatcher that is gone); exiting anyway.",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # The server's threads would keep the process alive.
     return 0
 
 
