@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from cvrl_tf import models
 from cvrl_tf.data import schema
+from cvrl_tf.data import service as data_service
 
 MODES = ("pretrain", "linear_eval", "finetune", "evaluate")
 CLASSIFIERS = ("linear", "finetune", "probe")
@@ -57,6 +58,9 @@ class JobConfig:
     `record_example_ids`: each worker appends every step's video id hashes to
     model_dir/example_ids/. `profile_steps=(START, END)`: a profiler trace of the loops that
     start in [START, END), for TensorBoard's Profile tab (model_dir/train).
+    `data_service_address` ('grpc://HOST:PORT' or 'HOST:PORT'; '' = off): training batches
+    come from the tf.data service there (cvrl_tf.data.service), computed by its workers in no
+    fixed order, so run.seed does not apply to them and a resumed run reads a fresh order.
     """
     mode: str
     model_dir: str
@@ -106,6 +110,7 @@ class JobConfig:
     record_example_ids: bool = False
     profile_steps: tuple = ()
     image_summaries: bool = True
+    data_service_address: str = ""
 
     @property
     def eval_clip(self) -> tuple:
@@ -240,6 +245,22 @@ def _check_learning_rate(cfg: JobConfig) -> None:
              f"set run.lr_scaling='linear' to scale it with the batch.")
 
 
+def _check_data_service(cfg: JobConfig) -> None:
+    if not cfg.data_service_address:
+        return
+    try:
+        data_service.parse_address(cfg.data_service_address)
+    except ValueError as e:
+        raise ConfigError(f"run.data_service_address: {e}") from e
+    if cfg.deterministic:
+        raise ConfigError("run.deterministic=True replays a run, but batches from the tf.data "
+                          "service (run.data_service_address) arrive in no fixed order; unset "
+                          "one of the two.")
+    if cfg.mode == "evaluate":
+        warn("run.data_service_address is not used in mode 'evaluate' (the service serves "
+             "training data only); evaluation reads run.eval_data here.")
+
+
 def _check_intervals(cfg: JobConfig, steps: Schedule) -> None:
     for name in ("checkpoint_every", "eval_every"):
         value = getattr(steps, name)
@@ -276,6 +297,7 @@ def check(cfg: JobConfig, strategy: tf.distribute.Strategy,
     if cfg.deterministic and cfg.seed is None:
         raise ConfigError("run.deterministic=True replays a run only with a fixed input order "
                           "and augmentation: set run.seed too (e.g. run.seed=1).")
+    _check_data_service(cfg)
     steps = schedule(cfg, num_examples)
     _check_intervals(cfg, steps)
     return steps

@@ -30,6 +30,7 @@ from cvrl_tf import trainer as trainer_lib
 from cvrl_tf.config import Builders, JobConfig
 from cvrl_tf.data import device_augment
 from cvrl_tf.data import schema
+from cvrl_tf.data import service as data_service
 from cvrl_tf.data import source
 
 
@@ -101,17 +102,28 @@ def _determinism(cfg: JobConfig):
 def _train_dataset_fn(cfg: JobConfig, builders: Builders,
                       start_positions: Optional[np.ndarray] = None) -> Callable:
     """The per-input-pipeline training dataset (sharded by the strategy's InputContext),
-    continuing after `start_positions` (the input positions a restored checkpoint holds)."""
+    continuing after `start_positions` (the input positions a restored checkpoint holds); with
+    run.data_service_address, computed by the tf.data service's workers (data/service.py),
+    which read in no fixed order (positions do not apply)."""
     pretrain = cfg.mode == "pretrain"
     labels = cfg.num_classes if cfg.num_classes > 0 else None
+    served = cfg.data_service_address
+    if served:
+        logging.warning("Training batches come from the tf.data service at %s (dynamic "
+                        "sharding over its workers): their order cannot be replayed, so "
+                        "run.seed does not apply to them and a resumed run continues with a "
+                        "fresh order.", served)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         logging.info("Input pipeline %d of %d (%d replicas in sync).",
                      ctx.input_pipeline_id, ctx.num_input_pipelines, ctx.num_replicas_in_sync)
         dataset = builders.dataset(cfg.train_data, "pretrain" if pretrain else "train",
                                    cfg.global_batch_size, cfg.num_frames, cfg.stride,
-                                   cfg.crop_size, ctx, seed=cfg.seed, num_classes=labels,
-                                   start_positions=start_positions)
+                                   cfg.crop_size, ctx, seed=None if served else cfg.seed,
+                                   num_classes=labels,
+                                   start_positions=None if served else start_positions)
+        if served:  # The whole pipeline, batching included, runs on the service's workers.
+            dataset = data_service.distribute(dataset, served)
         return dataset.map(trainer_lib.drop_strings)
 
     return dataset_fn

@@ -35,6 +35,8 @@ DEVICE_AUGMENT = "cvrl_tf/data/device_augment.py"
 TEMPORAL = "cvrl_tf/data/temporal.py"
 LOSSES = "cvrl_tf/losses.py"
 JOB = "cvrl_tf/job.py"
+SERVICE = "cvrl_tf/data/service.py"
+SERVICE_TESTS = "tests/test_service.py"
 PRETRAIN_TESTS = "tests/test_pipeline_pretrain.py"
 CONSISTENCY = (f"{PRETRAIN_TESTS}::"
                "test_identical_frames_give_identical_clip_frames_unless_inconsistent")
@@ -118,11 +120,20 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "a resumed run continues from the checkpoint's step",
              pending="needs the resume test that checks the start step (issue 13)"),
     Mutation("training-data-without-input-context", JOB,
-             "cfg.crop_size, ctx, seed=cfg.seed, num_classes=labels)",
-             "cfg.crop_size, None, seed=cfg.seed, num_classes=labels)",
+             "cfg.crop_size, ctx, seed=None if served else cfg.seed,",
+             "cfg.crop_size, None, seed=None if served else cfg.seed,",
              ("tests/test_multiworker.py",),
              "each input pipeline reads its own shard at the per-replica batch",
              pending="needs the two-process test recording each worker's video ids (issue 13)"),
+    Mutation("data-service-parallel-epochs", SERVICE,
+             "processing_mode=_service.ShardingPolicy.DYNAMIC",
+             "processing_mode=_service.ShardingPolicy.OFF",
+             (f"{SERVICE_TESTS}::test_workers_serve_every_video_once_per_epoch_fields_unchanged",),
+             "tf.data service workers share one epoch (dynamic sharding), not one each"),
+    Mutation("training-ignores-data-service", JOB,
+             "dataset = data_service.distribute(dataset, served)", "pass",
+             (f"{SERVICE_TESTS}::test_pretraining_reads_from_the_workers",),
+             "run.data_service_address makes training read its batches from the service"),
 )
 
 
