@@ -11,8 +11,9 @@ them alike, and the median is reported. 'cvrl_tf + augment' feeds the step what
 build_dataset(augment_on='device') emits (uint8 clips + parameter rows), so the step also runs
 device_augment.augment_batch: its extra time is the augmentation's cost inside the step. On a
 CPU without XLA that is the per-clip form (batched=False, the CPU default); under XLA it is the
-batched form a TPU runs. XLA makes Conv3D training much slower on a CPU (docs/DESIGN.md), so
-the XLA rows only show that everything compiles and what it costs here, not TPU speed.
+batched form a TPU runs; 'augment alone' times augment_batch by itself. XLA makes Conv3D
+training much slower on a CPU (docs/DESIGN.md), so the XLA rows only show that everything
+compiles and what it costs here, not TPU speed.
 
     python -m bench.train_step                          # minutes on 2 cores
     python -m bench.train_step --jit off --rounds 4     # quicker
@@ -128,6 +129,8 @@ def main() -> None:
             # What a TPU runs under XLA: the batched form; on a CPU, the per-clip form.
             "cvrl_tf + augment": (cvrl_pretrain_step(ours, jit, lambda b, j=jit: (
                 device_augment.augment_batch(b, batched=j))), device),
+            "augment alone": (tf.function(lambda b, j=jit: device_augment.augment_batch(
+                b, batched=j)["video"][0, 0, 0, 0], jit_compile=jit), device),
         }
         times = {name: [] for name in steps}
         for name, (step, batch) in steps.items():  # Trace, compile, warm up.
@@ -152,10 +155,13 @@ def main() -> None:
         suffix, key = (" (XLA)", "_xla") if jit else ("", "")
         ours_ms, official_ms = results["cvrl_tf" + suffix], results["model_garden" + suffix]
         augment_ms = results["cvrl_tf + augment" + suffix] - ours_ms
-        print(f"device augmentation inside the step{suffix}: {augment_ms:+.0f} ms per step "
-              f"({100 * augment_ms / ours_ms:+.1f}%), {augment_ms / num_clips:+.1f} ms per clip")
+        alone_ms = results["augment alone" + suffix]
+        print(f"device augmentation{suffix}: {augment_ms:+.0f} ms per step inside the step "
+              f"({100 * augment_ms / ours_ms:+.1f}%), {alone_ms:.0f} ms alone "
+              f"({alone_ms / num_clips:.1f} ms per clip, {'batched' if jit else 'per-clip'} form)")
         fields.update({f"ours{key}_ms": ours_ms, f"official{key}_ms": official_ms,
-                       f"ratio{key}": ours_ms / official_ms, f"augment{key}_ms": augment_ms})
+                       f"ratio{key}": ours_ms / official_ms, f"augment{key}_ms": augment_ms,
+                       f"augment_alone{key}_ms": alone_ms})
     print("RESULT " + " ".join(f"{k}={v:.3f}" if k.startswith("ratio") else f"{k}={v:.0f}"
                                for k, v in fields.items()))
 
