@@ -117,8 +117,8 @@ def main() -> None:
     num_clips = 2 * args.batch
     host, device = batches(num_clips, input_shape)
     ours = CVRLModel(build_backbone(args.depth, input_shape=input_shape), projection_head())
-    print(f"{machine.describe()}; R3D-{args.depth}, {num_clips} clips of {args.frames}x{args.size}x{args.size}, "
-          f"float32, SGD momentum {MOMENTUM}")
+    print(f"{machine.describe()}; R3D-{args.depth}, {num_clips} clips of "
+          f"{args.frames}x{args.size}x{args.size}, float32, SGD momentum {MOMENTUM}")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
     results = {}
     for jit in modes:

@@ -151,8 +151,9 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     the window), resizes and rounds, emitting video uint8 and 'aug_params' float32 [N, width]
     (one row per clip; [N, T, width] with consistent=False) drawn here from the seeds above;
     the train step turns them into the same float32 clips with device_augment.augment_batch
-    (steps.make_pretrain_step does), which in pretraining also lays out the [2B] rows. Default: 'device' in mode 'pretrain', 'host' otherwise
-    ('eval' has no random augmentation and refuses 'device').
+    (steps.make_pretrain_step does), which in pretraining also lays out the [2B] rows.
+    Default: 'device' in mode 'pretrain', 'host' otherwise ('eval' has no random augmentation
+    and refuses 'device').
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
