@@ -165,13 +165,14 @@ def _photo_jpeg():
 @pytest.mark.parametrize("crop_size,ratio", [(112, 2), (64, 4), (32, 8)])
 def test_reduced_dct_decode_stays_close_to_full_decode(crop_size, ratio):
     """Windows >= 2x the crop are decoded at 1/2, 1/4, 1/8 scale. Against full decode +
-    antialiased resize (a correct downscale) they are within 6.5 levels on average, and no
-    farther from it than full decode + plain bilinear resize (which aliases) is."""
+    antialiased resize (a correct downscale) they are within 6.5 levels on average per window,
+    and over the windows closer to it than full decode + plain bilinear resize (which aliases)."""
     jpeg, full = _photo_jpeg()
     windows = [spatial.sample_crop_window([seed, crop_size], 427, 640) for seed in range(40)]
     windows = [w for w in windows
                if spatial.DCT_RATIOS[int(spatial._dct_ratio_index(w, crop_size))] == ratio]
     assert len(windows) >= 3
+    errors, bilinear_errors = [], []
     for window in windows[:3]:
         y, x, h, w = window.numpy()
         ours = spatial.decode_crop_and_resize(tf.stack([jpeg, jpeg]), window[tf.newaxis],
@@ -180,8 +181,9 @@ def test_reduced_dct_decode_stays_close_to_full_decode(crop_size, ratio):
         crop = full[y:y + h, x:x + w]
         antialiased = tf.image.resize(crop, [crop_size, crop_size], antialias=True).numpy()
         bilinear = tf.image.resize(crop, [crop_size, crop_size]).numpy()
-        error = np.abs(ours[0] - antialiased).mean()
-        assert error <= 6.5 and error <= np.abs(bilinear - antialiased).mean() + 0.25
+        errors.append(np.abs(ours[0] - antialiased).mean())
+        bilinear_errors.append(np.abs(bilinear - antialiased).mean())
         per_frame = spatial.decode_crop_and_resize(tf.stack([jpeg]), window[tf.newaxis],
                                                    crop_size, same_window=False).numpy()
         np.testing.assert_array_equal(per_frame[0], ours[0])
+    assert max(errors) <= 6.5 and np.mean(errors) < np.mean(bilinear_errors)
