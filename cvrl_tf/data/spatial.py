@@ -180,7 +180,7 @@ def decode_crop_and_resize(jpegs: tf.Tensor, windows: tf.Tensor, crop_size: int,
     chroma at as if they were the image edge (a few levels; `decode_windows` decodes a margin
     more for bit-exact eval crops). A window at least r = 2, 4 or 8 times the crop size on its
     short side is decoded at 1/r scale (libjpeg's DCT scaling: r^2 times fewer pixels to
-    transform; the entropy decoding stays, so decode + resize take about 20% less at JPEG
+    transform; the entropy decoding stays, so decode + resize take 10-20% less at JPEG
     quality 90) and resized; DCT scaling low-passes, so such crops are closer to an
     antialiased resize of the full decode than a plain bilinear one is (tests/test_spatial.py).
     """
