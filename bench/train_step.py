@@ -7,12 +7,14 @@ VideoSSLModel head), the same InfoNCE loss (cvrl_tf.losses.info_nce, tau 0.1) ov
 SGD with momentum 0.9, float32, each in its own Keras (Keras 3 for cvrl_tf, tf_keras for the
 Model Garden). cvrl_tf's step is steps.make_pretrain_step itself. Each step is timed with and
 without XLA (jit_compile); rounds alternate the variants so that other load on the machine hits
-them alike, and the median is reported. 'cvrl_tf + augment' feeds the step what
+them alike, and the median is reported (with the fastest step and the process CPU time per
+step, which other load on the machine disturbs less). 'cvrl_tf + augment' feeds the step what
 build_dataset(augment_on='device') emits (uint8 clips + parameter rows), so the step also runs
 device_augment.augment_batch: its extra time is the augmentation's cost inside the step. On a
 CPU without XLA that is the per-clip form (batched=False, the CPU default); under XLA it is the
-batched form a TPU runs. XLA makes Conv3D training much slower on a CPU (docs/DESIGN.md), so
-the XLA rows only show that everything compiles and what it costs here, not TPU speed.
+batched form a TPU runs; 'augment alone' times augment_batch by itself. XLA makes Conv3D
+training much slower on a CPU (docs/DESIGN.md), so the XLA rows only show that everything
+compiles and what it costs here, not TPU speed.
 
     python -m bench.train_step                          # minutes on 2 cores
     python -m bench.train_step --jit off --rounds 4     # quicker
@@ -107,7 +109,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4, help="videos per step (2x clips)")
-    parser.add_argument("--rounds", type=int, default=6, help="timed steps per variant, no XLA")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="timed steps per variant, no XLA")
     parser.add_argument("--xla_rounds", type=int, default=2, help="timed steps per variant, XLA")
     parser.add_argument("--jit", choices=("off", "on", "both"), default="both")
     args = parser.parse_args()
@@ -116,10 +119,10 @@ def main() -> None:
     num_clips = 2 * args.batch
     host, device = batches(num_clips, input_shape)
     ours = CVRLModel(build_backbone(args.depth, input_shape=input_shape), projection_head())
-    print(f"{machine.describe()}; R3D-{args.depth}, {num_clips} clips of {args.frames}x{args.size}x{args.size}, "
-          f"float32, SGD momentum {MOMENTUM}")
+    print(f"{machine.describe()}; R3D-{args.depth}, {num_clips} clips of "
+          f"{args.frames}x{args.size}x{args.size}, float32, SGD momentum {MOMENTUM}")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
-    results = {}
+    results, lowest, cpu_ms = {}, {}, {}
     for jit in modes:
         suffix = " (XLA)" if jit else ""
         steps = {
@@ -128,8 +131,11 @@ def main() -> None:
             # What a TPU runs under XLA: the batched form; on a CPU, the per-clip form.
             "cvrl_tf + augment": (cvrl_pretrain_step(ours, jit, lambda b, j=jit: (
                 device_augment.augment_batch(b, batched=j))), device),
+            "augment alone": (tf.function(lambda b, j=jit: device_augment.augment_batch(
+                b, batched=j)["video"][0, 0, 0, 0], jit_compile=jit), device),
         }
         times = {name: [] for name in steps}
+        cpu = {name: [] for name in steps}
         for name, (step, batch) in steps.items():  # Trace, compile, warm up.
             start = time.perf_counter()
             step(batch).numpy()
@@ -138,24 +144,32 @@ def main() -> None:
             print(f"{name + suffix:<26} first call (trace/compile) {first:7.1f} s", flush=True)
         for _ in range(args.xla_rounds if jit else args.rounds):
             for name, (step, batch) in steps.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), machine.cpu_seconds()
                 step(batch).numpy()
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(machine.cpu_seconds() - start_cpu)
         for name in steps:
             results[name + suffix] = 1000 * statistics.median(times[name])
+            lowest[name + suffix] = 1000 * min(times[name])
+            cpu_ms[name + suffix] = 1000 * statistics.median(cpu[name])
     print(f"load average at end {os.getloadavg()[0]:.1f}")
-    print(f"{'step':<26}{'ms/step':>10}{'clips/s':>10}")
+    print(f"{'step':<26}{'ms/step':>10}{'min ms':>10}{'CPU ms':>10}{'clips/s':>10}   (median "
+          f"of {args.rounds} rounds, XLA {args.xla_rounds})")
     for name, ms in results.items():
-        print(f"{name:<26}{ms:>10.0f}{1000 * num_clips / ms:>10.2f}")
+        print(f"{name:<26}{ms:>10.0f}{lowest[name]:>10.0f}{cpu_ms[name]:>10.0f}"
+              f"{1000 * num_clips / ms:>10.2f}")
     fields = {}
     for jit in modes:
         suffix, key = (" (XLA)", "_xla") if jit else ("", "")
         ours_ms, official_ms = results["cvrl_tf" + suffix], results["model_garden" + suffix]
         augment_ms = results["cvrl_tf + augment" + suffix] - ours_ms
-        print(f"device augmentation inside the step{suffix}: {augment_ms:+.0f} ms per step "
-              f"({100 * augment_ms / ours_ms:+.1f}%), {augment_ms / num_clips:+.1f} ms per clip")
+        alone_ms = results["augment alone" + suffix]
+        print(f"device augmentation{suffix}: {augment_ms:+.0f} ms per step inside the step "
+              f"({100 * augment_ms / ours_ms:+.1f}%), {alone_ms:.0f} ms alone "
+              f"({alone_ms / num_clips:.1f} ms per clip, {'batched' if jit else 'per-clip'} form)")
         fields.update({f"ours{key}_ms": ours_ms, f"official{key}_ms": official_ms,
-                       f"ratio{key}": ours_ms / official_ms, f"augment{key}_ms": augment_ms})
+                       f"ratio{key}": ours_ms / official_ms, f"augment{key}_ms": augment_ms,
+                       f"augment_alone{key}_ms": alone_ms})
     print("RESULT " + " ".join(f"{k}={v:.3f}" if k.startswith("ratio") else f"{k}={v:.0f}"
                                for k, v in fields.items()))
 

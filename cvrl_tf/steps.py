@@ -132,10 +132,10 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
     """The CVRL replica step: InfoNCE (+ online probe) (+ L2 on kernels), one optimizer update.
 
     batch: {'video': [2B, T, H, W, 3] with rows i and B + i the two views of video i,
-    'label': [2B] (only for the probe; labels < 0 are ignored)}, or with video uint8 and
-    'aug_params' (build_dataset(augment_on='device')): `augment` (default
-    device_augment.augment_batch, a no-op on float batches) turns it into float32 clips first,
-    in the replica step, so on the accelerator. model(video, training=True)
+    'label': [2B] (only for the probe; labels < 0 are ignored)}, or build_dataset(augment_on=
+    'device')'s per-video batch (video uint8 [B, 2, ...], 'aug_params'): `augment` (default
+    device_augment.augment_batch, a no-op on float batches) turns it into those float32 rows
+    first, in the replica step, so on the accelerator. model(video, training=True)
     returns {'embedding', optional 'probe_logits'} (a CVRLModel). weight_decay adds
     0.5 * wd * sum(w^2) over decay_variables (default: the model's trainable conv/dense kernels).
     Returns replica metrics: 'loss' (this replica's total, before the 1/num_replicas scaling),

@@ -171,6 +171,23 @@ def test_both_forms_compile_with_xla_and_agree():
                                    per_clip, atol=1e-5)
 
 
+def test_pretraining_batches_per_video_become_rows_of_views():
+    video = tf.constant(np.random.default_rng(1).integers(0, 256, (3, 2, 2, S, S, 3)), tf.uint8)
+    rows = tf.stack([tf.stack([da.draw_params(tf.constant([i, v]), v, S) for v in (1, 2)])
+                     for i in range(3)])
+    batch = {"video": video, da.PARAMS_KEY: rows, "label": tf.constant([4, 5, 6]),
+             "id": tf.constant([b"a", b"b", b"c"])}
+    out = da.augment_batch(batch)
+    assert out["video"].shape == (6, 2, S, S, 3)
+    assert out["label"].numpy().tolist() == [4, 5, 6, 4, 5, 6]
+    assert out["id"].numpy().tolist() == [b"a", b"b", b"c"] * 2
+    for i in range(3):  # Row i is view 1 of video i, row 3 + i its view 2.
+        for v in (0, 1):
+            np.testing.assert_allclose(out["video"][3 * v + i].numpy(),
+                                       da.apply_params(video[i, v:v + 1], rows[i, v:v + 1])[0],
+                                       atol=1e-6)
+
+
 def test_uint8_input_and_batches_without_parameters():
     video = tf.constant(np.full((1, 1, S, S, 3), 255, np.uint8))
     np.testing.assert_allclose(_apply(video, [_row()]), 1.0)

@@ -58,15 +58,17 @@ def test_pretrain_batches_pair_rows_of_one_video(data):
 def test_pretrain_default_leaves_the_chain_after_the_crop_to_the_device(data):
     ds = build_dataset(data["train_pattern"], "pretrain", 4, T, STRIDE, CROP, seed=0)
     width = device_augment.params_width(CROP)
-    assert ds.element_spec["video"].dtype == tf.uint8
-    assert ds.element_spec[device_augment.PARAMS_KEY].shape == (8, width)
+    spec = ds.element_spec  # Per video: the device makes the [2B] rows (augment_batch).
+    assert spec["video"].dtype == tf.uint8 and spec["video"].shape == (4, 2, T, CROP, CROP, 3)
+    assert spec[device_augment.PARAMS_KEY].shape == (4, 2, width)
+    assert spec["label"].shape == (4,) and spec["id"].shape == (4,)
     params = next(iter(ds))[device_augment.PARAMS_KEY].numpy()
-    # Rows 0..3 are view 1 (always blurred, never solarized), rows 4..7 view 2.
-    assert params[:4, device_augment.BLUR].min() == 1.0
-    assert params[:4, device_augment.SOLARIZE].max() == 0.0
+    # View 1 (index 0) is always blurred and never solarized.
+    assert params[:, 0, device_augment.BLUR].min() == 1.0
+    assert params[:, 0, device_augment.SOLARIZE].max() == 0.0
     frames = build_dataset(data["train_pattern"], "pretrain", 2, T, STRIDE, CROP, seed=0,
                            consistent=False)
-    assert frames.element_spec[device_augment.PARAMS_KEY].shape == (4, T, width)
+    assert frames.element_spec[device_augment.PARAMS_KEY].shape == (2, 2, T, width)
 
 
 @pytest.mark.parametrize("mode,kwargs", [
@@ -207,8 +209,8 @@ def test_default_id_label_and_grayscale_and_short_video(tmp_path):
         schema.make_sequence_example(_jpegs(channels=1), None, None),   # grayscale, unlabelled
         schema.make_sequence_example(_jpegs(num=3), 2, "short"),        # shorter than a clip
     ])
-    batch = next(iter(build_dataset(path, "pretrain", 2, T, STRIDE, CROP, seed=0,
-                                    shuffle_buffer=1)))
+    batch = device_augment.augment_batch(next(iter(build_dataset(
+        path, "pretrain", 2, T, STRIDE, CROP, seed=0, shuffle_buffer=1))))
     assert batch["video"].shape == (4, T, CROP, CROP, 3)  # The short video wraps (SPEC.md).
     assert sorted(batch["id"].numpy()[:2].tolist()) == [b"plain.tfrecord:0", b"short"]
     assert sorted(batch["label"].numpy()[:2].tolist()) == [-1, 2]
@@ -285,5 +287,5 @@ def test_works_under_mirrored_strategy(data, two_replica_strategy):
                                   seed=0))
     batch = next(iter(dist))
     shapes = [v.shape for v in strategy.experimental_local_results(batch["video"])]
-    assert shapes == [(4, T, CROP, CROP, 3)] * strategy.num_replicas_in_sync
+    assert shapes == [(2, 2, T, CROP, CROP, 3)] * strategy.num_replicas_in_sync  # 2 videos
     assert os.path.basename(data["label_map"]) == "label_map.txt"

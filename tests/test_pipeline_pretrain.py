@@ -232,8 +232,14 @@ def _find_crops(decoded: np.ndarray, targets: np.ndarray, starts: range) -> list
 def test_train_mode_is_exactly_crop_resize_and_flip_of_the_decoded_frames(tmp_path):
     length, num_frames, stride, crop = 5, 2, 2, 8
     frames = np.random.default_rng(1).integers(0, 256, (length, 12, 16, 3), dtype=np.uint8)
-    jpegs = schema.encode_frames(frames)
-    path = _write_video(tmp_path / "noise.tfrecord", frames)
+    # Full-resolution chroma: a partial decode of a 4:2:0 JPEG upsamples chroma at the
+    # window's border as at an image edge (a few levels; spatial.decode_crop_and_resize), and
+    # this test asks for exact equality with crop-after-decode.
+    jpegs = [tf.io.encode_jpeg(f, quality=90, chroma_downsampling=False).numpy()
+             for f in frames]
+    path = str(tmp_path / "noise.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(schema.make_sequence_example(jpegs, 0, "video").SerializeToString())
     decoded = np.stack([tf.io.decode_jpeg(j, channels=3).numpy() for j in jpegs])
     ds = build_dataset(path, "train", 8, num_frames, stride, crop, seed=3, shuffle_buffer=1)
     clips = next(iter(ds))["video"].numpy()                         # [8, T, S, S, 3]

@@ -174,19 +174,27 @@ def test_pretrain_step_compiles_with_xla():
     assert moved > len(before) // 2
 
 
-def _device_batch(n: int, seed: int) -> dict:
-    """A pretraining batch as build_dataset(augment_on='device') emits it: uint8 clips and a
-    parameter row per clip (rows < n/2 view 1, the rest view 2)."""
-    video = np.random.default_rng(seed).integers(0, 256, (n,) + CLIP, dtype=np.uint8)
-    rows = [device_augment.draw_params(tf.constant([seed, i]), 1 if i < n // 2 else 2, CLIP[1])
-            for i in range(n)]
-    return {"video": tf.constant(video), device_augment.PARAMS_KEY: tf.stack(rows),
-            "label": tf.constant(np.arange(n) % 3)}
+def _device_batch(num_videos: int, seed: int, pretrain: bool = True) -> dict:
+    """A batch as build_dataset(augment_on='device') emits it: uint8 clips and a parameter row
+    per clip; in pretraining per video (video [B, 2, ...], view 1 first)."""
+    views = (1, 2) if pretrain else (1,)
+    rng = np.random.default_rng(seed)
+    video = rng.integers(0, 256, (num_videos, len(views)) + CLIP, dtype=np.uint8)
+    rows = tf.stack([tf.stack([device_augment.draw_params(tf.constant([seed, 2 * i + v]), v,
+                                                          CLIP[1]) for v in views])
+                     for i in range(num_videos)])
+    batch = {"video": tf.constant(video), device_augment.PARAMS_KEY: rows,
+             "label": tf.constant(np.arange(num_videos) % 3)}
+    if not pretrain:
+        batch["video"] = batch["video"][:, 0]
+        batch[device_augment.PARAMS_KEY] = batch[device_augment.PARAMS_KEY][:, 0]
+    return batch
 
 
 def test_pretrain_step_augments_device_batches_like_the_host():
-    batch = _device_batch(4, 6)
+    batch = _device_batch(2, 6)
     host = device_augment.augment_batch(batch)
+    assert host["video"].shape == (4,) + CLIP and host["label"].shape == (4,)
     results = []
     for b in (host, batch):
         model = _tiny_cvrl()
@@ -205,21 +213,21 @@ def test_pretrain_step_augments_device_batches_like_the_host():
 def test_device_augmentation_in_xla_and_replicated_steps(two_replica_strategy):
     model = _tiny_cvrl(probe_classes=3)
     step = tf.function(make_pretrain_step(model, _sgd(model)), jit_compile=True)
-    metrics = step(_device_batch(4, 7))
+    metrics = step(_device_batch(2, 7))
     assert np.isfinite(metrics["loss"].numpy()) and metrics["grad_norm"].numpy() > 0
     strategy = two_replica_strategy
     with strategy.scope():
         model = _tiny_cvrl(sync_bn=True)
         replica_step = make_pretrain_step(model, _sgd(model))
     dist_batch = strategy.experimental_distribute_values_from_function(
-        lambda ctx: _device_batch(4, 10 + ctx.replica_id_in_sync_group))
+        lambda ctx: _device_batch(2, 10 + ctx.replica_id_in_sync_group))
     metrics = tf.function(lambda b: strategy.run(replica_step, args=(b,)))(dist_batch)
     losses = strategy.experimental_local_results(metrics["loss"])
     assert len(losses) == 2 and all(np.isfinite(loss.numpy()) for loss in losses)
     classifier = ClassifierModel(build_backbone(depth=18, base_filters=4,
                                                 blocks_per_stage=(1, 1, 1, 1), input_shape=CLIP),
                                  linear_classifier(3))
-    batch = _device_batch(2, 8)
+    batch = _device_batch(2, 8, pretrain=False)
     metrics = tf.function(make_classifier_step(classifier, _sgd(classifier)))(batch)
     assert np.isfinite(metrics["loss"].numpy())
 

@@ -251,16 +251,38 @@ def apply_params(video: tf.Tensor, params: tf.Tensor, batched: Optional[bool] = 
     return tf.reshape(tf.clip_by_value(x, 0.0, 1.0), shape)
 
 
+def views_to_rows(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """A pretraining batch per video (video [B, 2, ...], aug_params [B, 2, ...], any other key
+    [B, ...]) -> per clip: [2B, ...] with view 1 in rows 0..B-1 and view 2 in rows B..2B-1,
+    'label' and 'id' repeated; the per-video bookkeeping (id_hash, position, skipped,
+    last_bad: trainer.INPUT_KEYS) stays [B, ...], one row per video read."""
+    rows = {}
+    for key, value in batch.items():
+        if key in ("video", PARAMS_KEY):
+            rows[key] = tf.concat([value[:, 0], value[:, 1]], 0)
+        elif key in ("label", "id"):
+            rows[key] = tf.concat([value, value], 0)
+        else:
+            rows[key] = value
+    return rows
+
+
 def augment_batch(batch: Dict[str, tf.Tensor], batched: Optional[bool] = None
                   ) -> Dict[str, tf.Tensor]:
-    """The device half of augment_on='device': {'video': uint8 [N, T, S, S, 3], 'aug_params':
-    [N, width] or [N, T, width], ...} -> the same dict with 'video' float32 in [0, 1] and no
-    'aug_params'. A batch without 'aug_params' (augment_on='host') comes back unchanged.
+    """The device half of augment_on='device' -> the same dict with 'video' float32 in [0, 1]
+    and no 'aug_params'. A batch without 'aug_params' (augment_on='host') comes back unchanged.
 
-    Pure TensorFlow with static shapes: call it in the replica step (jit_compile works).
-    batched: see apply_params (default: batched when a TPU or GPU is present)."""
+    Pretraining batches come per video, {'video': uint8 [B, 2, T, S, S, 3], 'aug_params':
+    [B, 2, width] (or [B, 2, T, width] per frame), 'label': [B], ...}, and leave as the [2B]
+    rows of views_to_rows; classifier batches ('train' mode) come as video [B, T, S, S, 3]
+    with aug_params [B, width] and keep their rows. Pure TensorFlow with static shapes: call
+    it in the replica step (jit_compile works). batched: see apply_params (default: batched
+    when a TPU or GPU is present).
+    """
     if PARAMS_KEY not in batch:
         return batch
+    if batch["video"].shape.rank == 6:  # Pretraining: two views per video.
+        batch = views_to_rows(batch)
     out = {k: v for k, v in batch.items() if k != PARAMS_KEY}
     out["video"] = apply_params(batch["video"], batch[PARAMS_KEY], batched)
     return out

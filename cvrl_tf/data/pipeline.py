@@ -71,7 +71,9 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     """The input pipeline: batches of {'video', 'label', 'id', ...} for one input pipeline.
 
     mode 'pretrain': video [2B, T, S, S, 3], rows i and i+B are two clips of one video, view 1
-    (blur p=1) in the first B rows, view 2 (blur 0.1, solarize 0.2) in the last B.
+    (blur p=1) in the first B rows, view 2 (blur 0.1, solarize 0.2) in the last B; with
+    augment_on='device' the batch is per video instead (video [B, 2, T, S, S, 3] uint8,
+    aug_params [B, 2, ...], label [B], id [B]) and augment_batch makes those rows.
     mode 'train': video [B, T, S, S, 3], random resized crop + flip (color_augment=True adds
     the view-1 color/blur chain). mode 'eval': video [B, V, T, S, S, 3], V = num_temporal_views
     x num_spatial_views, temporal-major (v = t * num_spatial_views + s).
@@ -84,8 +86,9 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     the window), resizes and rounds, emitting video uint8 and 'aug_params' float32 [N, width]
     (one row per clip; [N, T, width] with consistent=False) drawn here from the seeds above;
     the train step turns them into the same float32 clips with device_augment.augment_batch
-    (steps.make_pretrain_step does). Default: 'device' in mode 'pretrain', 'host' otherwise
-    ('eval' has no random augmentation and refuses 'device').
+    (steps.make_pretrain_step does), which in pretraining also lays out the [2B] rows.
+    Default: 'device' in mode 'pretrain', 'host' otherwise ('eval' has no random augmentation
+    and refuses 'device').
     Training modes also yield, per video: 'id_hash' int32 (`id_hash` of the id), 'position'
     int32 [source.POSITION_SIZE] (where the stream stood), 'skipped' int32 [len(CAUSES)] and
     'last_bad' int32 [len(CAUSES), 3] (checks.py). `start_positions`: positions a previous run
@@ -188,8 +191,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     keep = _TRAINING_KEYS if training else _EVAL_KEYS
     ds = ds.map(lambda e: {k: v for k, v in e.items() if k in keep or k in specs})
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if mode == "pretrain":
-        ds = ds.map(_views_to_rows, num_parallel_calls=tf.data.AUTOTUNE)
+    if mode == "pretrain" and not on_device:  # The device does it in augment_batch.
+        ds = ds.map(device_augment.views_to_rows, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -351,18 +354,3 @@ def _eval_views(frames, num_frames, stride, crop_size, num_temporal, num_spatial
     video = tf.reshape(tf.stack(views, axis=1),
                        [num_temporal * num_spatial, num_frames, crop_size, crop_size, 3])
     return video
-
-
-def _views_to_rows(batch):
-    """[B, 2, ...] -> [2B, ...] with view 1 in the first B rows (video, aug_params); labels
-    and ids repeated; the per-video bookkeeping (id_hash, position, skipped, last_bad) stays
-    [B, ...]."""
-    rows = {}
-    for key, value in batch.items():
-        if key in ("video", device_augment.PARAMS_KEY):
-            rows[key] = tf.concat([value[:, 0], value[:, 1]], 0)
-        elif key in ("label", "id"):
-            rows[key] = tf.concat([value, value], 0)
-        else:
-            rows[key] = value
-    return rows

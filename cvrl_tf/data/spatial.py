@@ -101,9 +101,10 @@ def crop_and_resize(frames: tf.Tensor, windows: tf.Tensor, crop_size: int,
 
 
 # libjpeg's partial decode differs from a full decode at the crop border (the chroma upsampling
-# treats the border as the image edge), so decode a margin around the window and slice it off.
-# 1 px was already exact over 2520 random windows of 4:2:0, 4:2:2, 4:1:1, 4:4:4 and grayscale
-# JPEGs; 2 px covers one chroma sample of 4:2:0.
+# treats the border as the image edge). Eval crops decode a margin around the window and slice
+# it off, so they equal crops of a full decode: 1 px was already exact over 2520 random windows
+# of 4:2:0, 4:2:2, 4:1:1, 4:4:4 and grayscale JPEGs; 2 px covers one chroma sample of 4:2:0.
+# Random training crops decode exactly the window (the margin and slice cost about 5%).
 _DECODE_MARGIN = 2
 
 
@@ -123,20 +124,15 @@ def decode_window(jpeg: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     return decode_windows(jpeg[tf.newaxis], window)[0]
 
 
-def decode_windows(jpegs: tf.Tensor, window: tf.Tensor, ratio: int = 1,
-                   image_size: Optional[tf.Tensor] = None) -> tf.Tensor:
+def decode_windows(jpegs: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     """The same window of every frame of a clip, uint8 [T, h, w, 3]; see `decode_window`.
 
-    ratio > 1 decodes at 1/ratio scale (libjpeg's DCT scaling), window and image_size (default:
-    the first frame's, all frames of a video share it) in that scale's pixels.
+    The frames of one video share one size (read from the first frame's header).
     """
     window = tf.cast(window, tf.int32)
-    if image_size is None:
-        image_size = tf.io.extract_jpeg_shape(jpegs[0])[:2]
-    region, offset = _decode_region(window, image_size)
-    decoded = tf.map_fn(
-        lambda j: tf.io.decode_and_crop_jpeg(j, region, channels=3, ratio=ratio), jpegs,
-        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    region, offset = _decode_region(window, tf.io.extract_jpeg_shape(jpegs[0])[:2])
+    decoded = tf.map_fn(lambda j: tf.io.decode_and_crop_jpeg(j, region, channels=3), jpegs,
+                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
     return decoded[:, offset[0]:offset[0] + window[2], offset[1]:offset[1] + window[3]]
 
 
@@ -151,48 +147,42 @@ def _dct_ratio_index(window: tf.Tensor, crop_size: int) -> tf.Tensor:
 
 def _decode_scaled_resized(jpegs: tf.Tensor, window: tf.Tensor, image_size: tf.Tensor,
                            crop_size: int, ratio: int) -> tf.Tensor:
-    """Window (full-scale pixels) of every JPEG decoded at 1/ratio scale, then resampled to
-    crop_size at exactly the positions a full-scale resize samples, uint8 [T, S, S, 3]."""
+    """Window (full-scale pixels) of every JPEG decoded at 1/ratio scale (its corners rounded
+    to the scaled pixel grid, at most half a scaled pixel off), resized, uint8 [T, S, S, 3]."""
     scaled_size = (image_size + ratio - 1) // ratio  # libjpeg's scaled size rounds up.
-    scaled = tf.cast(window, tf.float32) / ratio     # (y, x, h, w) in scaled pixels
-    start = tf.cast(tf.floor(scaled[:2]), tf.int32)
-    end = tf.minimum(tf.cast(tf.math.ceil(scaled[:2] + scaled[2:]), tf.int32), scaled_size)
-    region, _ = _decode_region(tf.concat([start, end - start], 0), scaled_size)
-    decoded = tf.map_fn(
-        lambda j: tf.io.decode_and_crop_jpeg(j, region, channels=3, ratio=ratio), jpegs,
-        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-    # Output pixel i samples the window at (i + 0.5) / S of its extent (tf.image.resize's
-    # half-pixel centres): in the region's pixel indices, first + i * step, i = 0..S-1.
-    step = scaled[2:] / crop_size
-    first = scaled[:2] - tf.cast(region[:2], tf.float32) + 0.5 * step - 0.5
-    last = first + (crop_size - 1) * step
-    extent = tf.cast(tf.maximum(region[2:] - 1, 1), tf.float32)  # crop_and_resize's scale
-    box = tf.concat([first / extent, last / extent], 0)
-    num = tf.shape(jpegs)[0]
-    resized = tf.image.crop_and_resize(tf.cast(decoded, tf.float32),
-                                       tf.tile(box[tf.newaxis], [num, 1]), tf.range(num),
-                                       [crop_size, crop_size])
-    return tf.cast(resized + 0.5, tf.uint8)
+    corners = tf.cast(tf.concat([window[:2], window[:2] + window[2:]], 0), tf.float32)
+    corners = tf.cast(tf.round(corners / ratio), tf.int32)
+    end = tf.minimum(corners[2:], scaled_size)
+    region = tf.concat([corners[:2], end - corners[:2]], 0)
+    return tf.map_fn(
+        lambda j: _resize(tf.io.decode_and_crop_jpeg(j, region, channels=3, ratio=ratio),
+                          crop_size, True),
+        jpegs, fn_output_signature=tf.TensorSpec([crop_size, crop_size, 3], tf.uint8))
 
 
 def _decode_resized(jpegs: tf.Tensor, window: tf.Tensor, image_size: tf.Tensor,
                     crop_size: int, ratio: int) -> tf.Tensor:
-    """Window of every JPEG decoded (at 1/ratio scale if ratio > 1), resized, uint8."""
+    """Exactly the window of every JPEG decoded (at 1/ratio scale if ratio > 1), resized,
+    uint8. Frame by frame, so each decoded window is resized while it is in cache."""
     if ratio > 1:
         return _decode_scaled_resized(jpegs, window, image_size, crop_size, ratio)
-    return _resize(decode_windows(jpegs, window, 1, image_size), crop_size, quantize=True)
+    return tf.map_fn(
+        lambda j: _resize(tf.io.decode_and_crop_jpeg(j, window, channels=3), crop_size, True),
+        jpegs, fn_output_signature=tf.TensorSpec([crop_size, crop_size, 3], tf.uint8))
 
 
 def decode_crop_and_resize(jpegs: tf.Tensor, windows: tf.Tensor, crop_size: int,
                            same_window: bool = False) -> tf.Tensor:
-    """Decodes only each frame's window, resizes and rounds: uint8 [T, S, S, 3].
+    """Decodes exactly each frame's window, resizes and rounds: uint8 [T, S, S, 3].
 
-    A window at least r = 2, 4 or 8 times the crop size on its short side is decoded at 1/r
-    scale (libjpeg's DCT scaling: r^2 times fewer pixels to transform) and resampled at the
-    positions a full-scale resize would sample. The DCT scaling low-passes, so such crops are
-    closer to an antialiased resize of the full decode than a plain bilinear one is
-    (tests/test_spatial.py). Other windows give exactly `crop_and_resize(..., quantize=True)`
-    of a full decode (same_window as there).
+    Equal to `crop_and_resize(..., quantize=True)` of a full decode (same_window as there)
+    except in the outer 1-2 pixels of the window, which libjpeg's partial decode upsamples
+    chroma at as if they were the image edge (a few levels; `decode_windows` decodes a margin
+    more for bit-exact eval crops). A window at least r = 2, 4 or 8 times the crop size on its
+    short side is decoded at 1/r scale (libjpeg's DCT scaling: r^2 times fewer pixels to
+    transform; the entropy decoding stays, so decode + resize take 10-20% less at JPEG
+    quality 90) and resized; DCT scaling low-passes, so such crops are closer to an
+    antialiased resize of the full decode than a plain bilinear one is (tests/test_spatial.py).
     """
     windows = tf.cast(windows, tf.int32)
     image_size = tf.io.extract_jpeg_shape(jpegs[0])[:2]

@@ -1,0 +1,43 @@
+"""The benchmark commands run end to end at tiny sizes and print their RESULT lines."""
+import re
+
+import numpy as np
+import pytest
+
+from bench import input_pipeline, kinetics_like, train_step
+
+
+def _result(output: str) -> dict:
+    line = [l for l in output.splitlines() if l.startswith("RESULT ")][-1]
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.]+)", line)}
+
+
+def test_kinetics_like_frames_are_natural_and_moving():
+    rng = np.random.default_rng(0)
+    frames = kinetics_like.pan_and_zoom(kinetics_like.photographs()[0], 3, rng, 64, 36)
+    assert frames.shape == (3, 36, 64, 3) and frames.dtype == "uint8"
+    assert frames.std() > 20 and abs(frames[0].astype(int) - frames[-1]).mean() > 1
+
+
+def test_input_pipeline_bench(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", [
+        "input_pipeline", "--data_dir", str(tmp_path), "--num_videos", "2",
+        "--video_frames", "12", "--short_side", "36", "--batch_size", "2", "--num_frames", "2",
+        "--crop_size", "16", "--rounds", "1", "--warmup", "1", "--batches", "1",
+        "--min_seconds", "0"])
+    input_pipeline.main()
+    result = _result(capsys.readouterr().out)
+    assert set(result) == {"ours_clips_per_s", "official_clips_per_s", "ratio",
+                           "decode_bound_clips_per_s", "bound_fraction", "cpu_bound_fraction",
+                           "ours_cpu_s_per_clip"}
+    assert all(v > 0 for v in result.values())
+
+
+@pytest.mark.slow  # Two R3D-50s, about 20 s on an idle 2-core machine.
+def test_train_step_bench(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["train_step", "--frames", "2", "--size", "16",
+                                     "--batch", "1", "--rounds", "1", "--jit", "off"])
+    train_step.main()
+    result = _result(capsys.readouterr().out)
+    assert {"ours_ms", "official_ms", "ratio", "augment_ms", "augment_alone_ms"} == set(result)
+    assert result["ours_ms"] > 0 and result["official_ms"] > 0
