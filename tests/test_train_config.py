@@ -80,6 +80,25 @@ def test_one_rule_turns_every_duration_into_steps():
     assert config.to_steps("1.5 ep", "x", 10.0) == 15
 
 
+def test_epochs_follow_the_count_the_converter_recorded(tmp_path, capsys):
+    """No run.num_train_examples: epochs count the videos example_counts.json records next to
+    the training shards (and the log says so); without a record, one sentence names the fix."""
+    from cvrl_tf.data import schema  # pylint: disable=import-outside-toplevel
+    for name in ("train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"):
+        (tmp_path / name).write_bytes(b"")
+    schema.write_example_counts(str(tmp_path), "train", {
+        "train-00000-of-00002.tfrecord": 60, "train-00001-of-00002.tfrecord": 40})
+    cfg = dataclasses.replace(BASE, train_data=str(tmp_path / "train-*"),
+                              train_length="3 epochs", warmup="1 epoch")
+    steps = config.schedule(cfg)
+    assert (steps.total, steps.warmup) == (38, 13)  # 100 videos / batch 8 = 12.5 steps
+    assert "Epochs count 100 training examples" in capsys.readouterr().out
+    explicit = config.schedule(dataclasses.replace(cfg, num_train_examples=16))
+    assert (explicit.total, explicit.warmup) == (6, 2)
+    with pytest.raises(ConfigError, match="number of training examples is unknown"):
+        config.schedule(dataclasses.replace(cfg, train_data=str(tmp_path / "other-*")))
+
+
 def test_unknown_gin_binding_is_refused_clearly():
     with pytest.raises(ConfigError, match=r"Bad gin config: No configurable matching "
                                           r"'bogus' at `bogus.value = 1`; fix the name"):
@@ -93,12 +112,13 @@ def test_unknown_gin_binding_is_refused_clearly():
 
 def test_run_binds_exactly_the_job_config_fields(tmp_path):
     """gin's `run` is JobConfig itself: bindings reach its fields, other names are refused."""
-    train.parse_gin(["experiments/demo_pretrain.gin"], ["run.seed = 7", "run.max_checkpoints = 2"])
+    train.parse_gin(["experiments/demo_pretrain.gin"],
+                    ["run.seed = 7", "run.max_checkpoints = 2", "run.train_length = 123"])
     cfg = train.job_config(model_dir=str(tmp_path))
     gin.clear_config()
     assert isinstance(cfg, config.JobConfig)
     assert (cfg.seed, cfg.max_checkpoints, cfg.model_dir) == (7, 2, str(tmp_path))
-    assert (cfg.mode, cfg.train_length, cfg.deterministic) == ("pretrain", 1200, False)
+    assert (cfg.mode, cfg.train_length, cfg.deterministic) == ("pretrain", 123, False)
 
 
 def test_unset_required_value_is_refused(tmp_path):
