@@ -10,6 +10,13 @@ Prints (--dry_run) or runs the gcloud commands:
     python -m cvrl_tf.launch_tpu --name cvrl-v4 --zone us-central2-b --accelerator_type v4-32 \\
         --delete
 
+Spot capacity: --spot asks for a Spot TPU VM; --queued creates it through a queued resource
+(waits in Google's queue until capacity is granted, instead of failing when none is free).
+A preempted Spot TPU does not come back by itself: --supervise keeps watching the TPU and,
+when it is preempted (or its queued resource suspended), deletes and re-creates it and starts
+the same command again, which resumes from the newest good checkpoint in --model_dir (on GCS);
+it stops once MODEL_DIR/results.json says the run reached its last step.
+
 How TensorFlow drives a TPU (as Google's own TF-on-TPU-VM test harness does it):
 - single host (v2-8, v3-8, v4-8, v5p-8, v5litepod-8, v6e-8): the trainer runs on the VM with
   --tpu=local (PJRT runtime: NEXT_PLUGGABLE_DEVICE_USE_C_API / TF_PLUGGABLE_DEVICE_LIBRARY_PATH).
@@ -23,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 DEFAULT_TF_VERSION = "2.20.0"  # Matches setup.py's tensorflow pin, so pip keeps the TPU build.
 REPO_DIR = "~/cvrl_tf"
@@ -85,6 +94,23 @@ def _gcloud(verb: str, name: str, zone: str, project: str | None) -> list[str]:
     return cmd + ([f"--project={project}"] if project else [])
 
 
+def _queued(verb: str, name: str, zone: str, project: str | None) -> list[str]:
+    cmd = ["gcloud", "compute", "tpus", "queued-resources", verb, name, f"--zone={zone}"]
+    return cmd + ([f"--project={project}"] if project else [])
+
+
+def wait_queued_command(name: str, zone: str, project: str | None = None,
+                        poll_seconds: int = 60) -> list[str]:
+    """A shell loop that returns when the queued resource is ACTIVE (the TPU exists) and fails
+    when it ends FAILED or SUSPENDED."""
+    describe = shlex.join(_queued("describe", name, zone, project)
+                          + ["--format=value(state.state)"])
+    script = (f'while true; do s="$({describe})"; echo "queued resource {name}: $s"; '
+              f'case "$s" in ACTIVE) exit 0;; FAILED|SUSPENDED) exit 1;; esac; '
+              f"sleep {int(poll_seconds)}; done")
+    return ["bash", "-c", script]
+
+
 def _ssh(name: str, zone: str, project: str | None, worker: str, command: str) -> list[str]:
     return _gcloud("ssh", name, zone, project) + [f"--worker={worker}", f"--command={command}"]
 
@@ -136,12 +162,14 @@ def build_commands(name: str, zone: str, accelerator_type: str,
                    repo_url: str | None = None, repo_ref: str | None = None,
                    wheel: str | None = None, gin_params: Sequence[str] = (),
                    delete: bool = False, skip_create: bool = False,
-                   spot: bool = False) -> list[list[str]]:
+                   spot: bool = False, queued: bool = False) -> list[list[str]]:
     """The gcloud argv lists for one launch (create, install, train) or for --delete."""
     if not name or not zone:
         raise ValueError("--name and --zone are required.")
     shape = parse_accelerator(accelerator_type)
     if delete:
+        if queued:  # --force deletes the TPU VM with its queued resource.
+            return [_queued("delete", name, zone, project) + ["--force", "--quiet"]]
         return [_gcloud("delete", name, zone, project) + ["--quiet"]]
     if not gin_files:
         raise ValueError("--gin_file is required to start training (or pass --delete).")
@@ -159,7 +187,12 @@ def build_commands(name: str, zone: str, accelerator_type: str,
                          "`python -m pip wheel --no-deps -w dist .`.")
     runtime_version = runtime_version or default_runtime_version(shape)
     commands = []
-    if not skip_create:
+    if not skip_create and queued:
+        commands.append(_queued("create", name, zone, project) + [
+            f"--node-id={name}", f"--accelerator-type={accelerator_type}",
+            f"--runtime-version={runtime_version}"] + (["--spot"] if spot else []))
+        commands.append(wait_queued_command(name, zone, project))
+    elif not skip_create:
         create = _gcloud("create", name, zone, project) + [
             f"--accelerator-type={accelerator_type}", f"--version={runtime_version}"]
         commands.append(create + (["--spot"] if spot else []))
@@ -187,6 +220,71 @@ def run_commands(commands: Sequence[Sequence[str]], dry_run: bool) -> None:
             subprocess.run(list(cmd), check=True)
 
 
+# TPU VM states that need a delete and re-create (a Spot VM is not restarted by Google).
+LOST_STATES = ("PREEMPTED", "TERMINATED", "STOPPED", "SUSPENDED", "FAILED", "NOT_FOUND")
+
+
+def tpu_state(name: str, zone: str, project: str | None, runner: Callable) -> str:
+    """The TPU VM's state (READY, CREATING, PREEMPTED, ...), NOT_FOUND when gcloud finds none."""
+    out = runner(_gcloud("describe", name, zone, project) + ["--format=value(state)"])
+    return (out or "").strip() or "NOT_FOUND"
+
+
+def run_finished(model_dir: str, runner: Callable) -> bool:
+    """True when MODEL_DIR/results.json records a run that reached its last step."""
+    text = runner(["gcloud", "storage", "cat", f"{model_dir.rstrip('/')}/results.json"])
+    try:
+        results = json.loads(text or "")
+    except ValueError:
+        return False
+    return (not results.get("preempted")
+            and results.get("global_step", -1) >= results.get("total_steps", 0) > 0)
+
+
+def supervise(launch: Sequence[Sequence[str]], delete: Sequence[str], name: str, zone: str,
+              project: str | None, model_dir: str, runner: Callable, execute: Callable,
+              poll_seconds: float = 300, max_restarts: int = 100,
+              sleep: Callable[[float], None] = time.sleep) -> int:
+    """Watches a launched run until it finishes; re-creates and restarts a lost TPU.
+
+    Every poll_seconds: a finished run (run_finished) ends the watch; a TPU in LOST_STATES is
+    deleted and `launch` runs again (the run resumes from model_dir's newest good checkpoint).
+    runner(argv) -> stdout ('' on failure) reads; execute(argv) runs a command. Returns the
+    number of restarts; raises RuntimeError after max_restarts.
+    """
+    restarts = 0
+    while True:
+        sleep(poll_seconds)
+        if run_finished(model_dir, runner):
+            print(f"# {model_dir}/results.json: the run reached its last step "
+                  f"({restarts} restart(s)).", flush=True)
+            return restarts
+        state = tpu_state(name, zone, project, runner)
+        if state not in LOST_STATES:
+            continue
+        if restarts >= max_restarts:
+            raise RuntimeError(f"TPU {name} was lost {restarts + 1} times; gave up after "
+                               f"--max_restarts={max_restarts}.")
+        restarts += 1
+        print(f"# TPU {name} is {state}: deleting and re-creating it, restart {restarts} "
+              f"(the run resumes from the newest good checkpoint in {model_dir}).", flush=True)
+        if state != "NOT_FOUND":
+            execute(list(delete))
+        for cmd in launch:
+            execute(list(cmd))
+
+
+def _read(argv: Sequence[str]) -> str:
+    """stdout of a command, '' when it fails (a missing TPU or file is an answer, not an error)."""
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    return done.stdout if done.returncode == 0 else ""
+
+
+def _execute(argv: Sequence[str]) -> None:
+    print(shlex.join(argv), flush=True)
+    subprocess.run(list(argv), check=True)
+
+
 def main(argv: Sequence[str] | None = None) -> list[list[str]]:
     """CLI entry point; returns the commands it printed or ran."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -205,6 +303,15 @@ def main(argv: Sequence[str] | None = None) -> list[list[str]]:
     parser.add_argument("--wheel", default=None, help="cvrl_tf wheel, local path or gs://")
     parser.add_argument("--skip_create", action="store_true", help="reuse an existing TPU VM")
     parser.add_argument("--spot", action="store_true", help="create a Spot TPU VM")
+    parser.add_argument("--queued", action="store_true",
+                        help="create the TPU through a queued resource (waits for capacity)")
+    parser.add_argument("--supervise", action="store_true",
+                        help="after starting, watch the TPU; re-create and restart it when it "
+                             "is preempted, until the run finishes")
+    parser.add_argument("--poll_minutes", type=float, default=5.0,
+                        help="--supervise: minutes between checks")
+    parser.add_argument("--max_restarts", type=int, default=100,
+                        help="--supervise: give up after this many re-creations")
     parser.add_argument("--delete", action="store_true", help="only delete the TPU VM")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
@@ -212,10 +319,24 @@ def main(argv: Sequence[str] | None = None) -> list[list[str]]:
         commands = build_commands(
             args.name, args.zone, args.accelerator_type, args.gin_file, args.model_dir,
             args.project, args.runtime_version, args.repo_url, args.repo_ref, args.wheel,
-            args.gin_param, args.delete, args.skip_create, args.spot)
+            args.gin_param, args.delete, args.skip_create, args.spot, args.queued)
+        if args.supervise and (args.delete or args.dry_run):
+            raise ValueError("--supervise watches a real run: it cannot go with --delete or "
+                             "--dry_run.")
     except ValueError as e:
         parser.error(str(e))
     run_commands(commands, args.dry_run)
+    if args.supervise:
+        delete = build_commands(args.name, args.zone, args.accelerator_type, delete=True,
+                                project=args.project, queued=args.queued)[0]
+        launch = build_commands(
+            args.name, args.zone, args.accelerator_type, args.gin_file, args.model_dir,
+            args.project, args.runtime_version, args.repo_url, args.repo_ref, args.wheel,
+            args.gin_param, False, False, args.spot, args.queued)
+        supervise(launch, delete, args.name, args.zone, args.project, args.model_dir,
+                  _read, _execute, poll_seconds=60 * args.poll_minutes,
+                  max_restarts=args.max_restarts)
+        return commands
     if not args.delete:
         shape = parse_accelerator(args.accelerator_type)
         tail = _ssh(args.name, args.zone, args.project, "0", f"tail -f {LOG_FILE}")

@@ -122,3 +122,62 @@ def test_running_without_gcloud_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(launch_tpu.shutil, "which", lambda _: None)
     with pytest.raises(RuntimeError, match="gcloud is not on PATH"):
         launch_tpu.run_commands([["gcloud", "version"]], dry_run=False)
+
+
+def test_queued_spot_creates_through_a_queued_resource_and_waits(capsys):
+    commands, _ = _run(capsys, "--name", "qr", "--accelerator_type", "v4-8", "--spot",
+                       "--queued", "--model_dir", "gs://bucket/runs/q", "--repo_url", REPO)
+    create, wait = commands[:2]
+    assert create == ["gcloud", "compute", "tpus", "queued-resources", "create", "qr",
+                      "--zone=us-central2-b", "--node-id=qr", "--accelerator-type=v4-8",
+                      "--runtime-version=tpu-vm-tf-2.20.0-pjrt", "--spot"]
+    assert wait[:2] == ["bash", "-c"]
+    assert ("gcloud compute tpus queued-resources describe qr --zone=us-central2-b "
+            "'--format=value(state.state)'") in wait[2]
+    assert "ACTIVE) exit 0" in wait[2] and "FAILED|SUSPENDED) exit 1" in wait[2]
+    delete, = launch_tpu.build_commands("qr", "us-central2-b", "v4-8", delete=True, queued=True)
+    assert delete == ["gcloud", "compute", "tpus", "queued-resources", "delete", "qr",
+                      "--zone=us-central2-b", "--force", "--quiet"]
+
+
+class FakeCloud:
+    """gcloud as a script: the TPU's state at each poll, and results.json once finished."""
+
+    def __init__(self, states, finish_at):
+        self.states, self.finish_at, self.polls, self.executed = list(states), finish_at, 0, []
+
+    def read(self, argv):
+        if argv[:3] == ["gcloud", "storage", "cat"]:
+            self.polls += 1
+            if self.polls >= self.finish_at:
+                return '{"global_step": 10, "total_steps": 10, "preempted": false}'
+            return '{"global_step": 4, "total_steps": 10, "preempted": true}'
+        assert argv[4] == "describe"
+        return self.states.pop(0)
+
+    def execute(self, argv):
+        self.executed.append(argv)
+
+
+def test_supervise_recreates_a_preempted_tpu_until_the_run_finishes(capsys):
+    launch = launch_tpu.build_commands("spot", "z", "v4-8", [GIN], "gs://b/run",
+                                       repo_url=REPO, spot=True)
+    delete = launch_tpu.build_commands("spot", "z", "v4-8", delete=True)[0]
+    cloud = FakeCloud(["READY\n", "PREEMPTED\n", "CREATING\n", "READY\n"], finish_at=5)
+    slept = []
+    restarts = launch_tpu.supervise(launch, delete, "spot", "z", None, "gs://b/run",
+                                    cloud.read, cloud.execute, poll_seconds=7,
+                                    sleep=slept.append)
+    assert restarts == 1 and slept == [7] * 5
+    assert cloud.executed == [delete] + launch  # deleted once, then the same launch again
+    out = capsys.readouterr().out
+    assert "TPU spot is PREEMPTED: deleting and re-creating it, restart 1" in out
+    assert "reached its last step (1 restart(s))" in out
+
+
+def test_supervise_gives_up_after_max_restarts():
+    cloud = FakeCloud(["PREEMPTED"] * 5, finish_at=99)
+    with pytest.raises(RuntimeError, match="lost 3 times; gave up after --max_restarts=2"):
+        launch_tpu.supervise([["launch"]], ["delete"], "spot", "z", None, "gs://b/run",
+                             cloud.read, cloud.execute, max_restarts=2, sleep=lambda s: None)
+    assert cloud.executed == [["delete"], ["launch"]] * 2
