@@ -41,3 +41,14 @@ def test_train_step_bench(monkeypatch, capsys):
     result = _result(capsys.readouterr().out)
     assert {"ours_ms", "official_ms", "ratio", "augment_ms", "augment_alone_ms"} == set(result)
     assert result["ours_ms"] > 0 and result["official_ms"] > 0
+
+
+def test_input_state_bench_grows_with_the_buffer_only_for_the_iterator(capsys):
+    from bench import input_state  # pylint: disable=import-outside-toplevel
+    result = input_state.main(["--replicas", "4", "--buffers", "4,12", "--record_kb", "20"])
+    assert _result(capsys.readouterr().out)["input_state_bytes"] == result["input_state_bytes"]
+    # Random bytes do not compress: the iterator stores the buffered records themselves
+    # (with buffers this small, the refill after the first element is partial).
+    assert 0.8 * 20_000 <= result["iterator_bytes_per_record"] < 1.05 * 20_000
+    assert result["input_state_bytes"] < 2_000 and input_state.input_state_bytes(
+        4) == result["input_state_bytes"]
