@@ -1,7 +1,7 @@
 """Pretraining-step speed: cvrl_tf's R3D-50 vs the Model Garden's, and the device-side
 augmentation inside the step, side by side in one run.
 
-Both models are R3D-50 (the CVRL stem; the Model Garden ResNet3D configured as SPEC.md says)
+Both models are R3D-50 (the CVRL stem; the Model Garden ResNet3D configured as docs/DESIGN.md says)
 with the 3-layer projection head (cvrl_tf.models.projection_head; the Model Garden's
 VideoSSLModel head), the same InfoNCE loss (cvrl_tf.losses.info_nce, tau 0.1) over [2B] clips,
 SGD with momentum 0.9, float32, each in its own Keras (Keras 3 for cvrl_tf, tf_keras for the

@@ -51,8 +51,9 @@ class JobConfig:
     dense kernels only. `classifier` ('linear', 'finetune' or 'probe') picks the head mode
     'evaluate' restores (default: 'linear'). `jit_compile=None` means on for TPU only.
     `start_over=True` starts from `warm_start` (or scratch) when model_dir holds checkpoints
-    but none can be restored (else the run stops). `seed` replays the input pipeline; `deterministic=True` also turns on TF op determinism,
-    so a resumed run ends with the same weights as an uninterrupted one.
+    but none can be restored (else the run stops). `seed` replays the input pipeline;
+    `deterministic=True` also turns on TF op determinism, so a resumed run ends with the same
+    weights as an uninterrupted one.
     Training skips bad records (counted per cause in results.json 'input') and stops when
     more than `max_bad_fraction` of the records read were bad (judged after 1000 reads).
     `record_example_ids`: each worker appends every step's video id hashes to

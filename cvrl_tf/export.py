@@ -129,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     clip = info.get("clip")
     print(f"Training clip: {clip['num_frames']} frames, stride {clip['stride']}, crop "
           f"{clip['crop_size']} (cvrl_tf.features uses it by default)." if clip else
-          f"No {checkpoints.CLIP_JSON} next to the checkpoint: the export records no training clip.")
+          f"No {checkpoints.CLIP_JSON} next to the checkpoint: the export records no training "
+          f"clip.")
     return info
 
 

@@ -16,7 +16,8 @@ from absl import logging
 import numpy as np
 import orbit
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
+# pylint: disable-next=g-direct-tensorflow-import
+from tensorflow.python.framework import config as tf_config
 
 from cvrl_tf.data import checks
 from cvrl_tf.data import source

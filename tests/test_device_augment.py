@@ -84,7 +84,8 @@ def test_jitter_order_is_per_clip(batched):
     assert len({tuple(o) for o in orders}) == 24  # Every permutation occurs.
 
 
-# The paper's probabilities (SPEC.md): (op, view, probability, kwargs switching the others off).
+# The paper's probabilities (docs/DESIGN.md, the recipe): (op, view, probability, kwargs
+# switching the others off).
 _ALONE = dict(flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
               solarize_prob=0.0)
 PROBABILITIES = [("flip", 1, 0.5), ("jitter", 1, 0.8), ("grayscale", 2, 0.2), ("blur", 1, 1.0),

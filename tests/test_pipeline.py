@@ -211,7 +211,7 @@ def test_default_id_label_and_grayscale_and_short_video(tmp_path):
     ])
     batch = device_augment.augment_batch(next(iter(build_dataset(
         path, "pretrain", 2, T, STRIDE, CROP, seed=0, shuffle_buffer=1))))
-    assert batch["video"].shape == (4, T, CROP, CROP, 3)  # The short video wraps (SPEC.md).
+    assert batch["video"].shape == (4, T, CROP, CROP, 3)  # The short video wraps (README).
     assert sorted(batch["id"].numpy()[:2].tolist()) == [b"plain.tfrecord:0", b"short"]
     assert sorted(batch["label"].numpy()[:2].tolist()) == [-1, 2]
     assert next(iter(build_dataset(path, "eval", 2, T, STRIDE, CROP)))["video"].shape == (

@@ -1,4 +1,4 @@
-"""Tests for cvrl_tf.models.resnet3d: SPEC.md's R3D-50 numbers, variants, config, saving."""
+"""Tests for cvrl_tf.models.resnet3d: the R3D-50's numbers, variants, config, saving."""
 import keras
 import numpy as np
 import pytest

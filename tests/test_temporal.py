@@ -1,4 +1,4 @@
-"""Interval distribution, clip starts and clip frame indices (SPEC.md temporal augmentation)."""
+"""Interval distribution, clip starts and clip frame indices (docs/DESIGN.md, the recipe)."""
 import numpy as np
 import pytest
 import tensorflow as tf

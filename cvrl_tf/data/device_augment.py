@@ -1,5 +1,6 @@
 """CVRL's augmentation after the crop, batched per clip: flip, colour jitter, grayscale, blur,
-solarize (SPEC.md, steps 2 and 4-6), for tf.data or for the accelerator.
+solarize (the paper's steps 2 and 4-6; docs/DESIGN.md, the recipe), for tf.data or for the
+accelerator.
 
 The host draws every random parameter of a clip (`draw_params`: a few scalars from one
 stateless seed) and ships them with the uint8 clip as one float32 row, 'aug_params'.

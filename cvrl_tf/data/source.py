@@ -92,8 +92,8 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
             start: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """The stream of one input pipeline: dicts with 'serialized', 'file' (index into files),
     'record' (index in the file), 'q' (epoch * 2**32 + raw index in the epoch: unique in the
-    run, the augmentation seed), 'position' (int32 [POSITION_SIZE]), 'marker' and 'problem' (a marker element:
-    file `file` vanished or was cut after `record` records).
+    run, the augmentation seed), 'position' (int32 [POSITION_SIZE]), 'marker' and 'problem'
+    (a marker element: file `file` vanished or was cut after `record` records).
 
     `start`: the position of the last record a previous run consumed; the stream continues
     right after it (its layout must match this stream's, see `matches`).

@@ -1,4 +1,4 @@
-"""Random resized crop of a clip, decoding only the crop window (SPEC.md spatial step 1).
+"""Random resized crop of a clip, decoding only the crop window.
 
 `crop_clip` samples the crop window (one per clip; one per frame with consistent=False),
 JPEG-decodes only that window (at a reduced DCT scale when the window is at least twice the

@@ -3,7 +3,7 @@
 A video has L stored frames; a clip is T frames at stride s, spanning (T-1)*s+1 frames, so
 K = L - (T-1)*s clip starts are valid. The interval d between the two clips of a video is drawn
 from a distribution on 0..K-1 (`interval_pmf`), clip A starts uniformly in 0..K-1-d, clip B at
-A + d, then the two are swapped with probability 0.5 (SPEC.md).
+A + d, then the two are swapped with probability 0.5 (the paper, Section 3.2).
 
 Videos shorter than one clip (L < (T-1)*s+1) loop: frame indices wrap around modulo L, and
 every one of the L starts on the loop gives a different clip, so K = L. Clip A then starts
@@ -95,7 +95,8 @@ def sample_interval(num_starts, distribution: str = "decreasing", power: float =
 def sample_clip_starts(num_frames, clip_frames: int, stride: int,
                        distribution: str = "decreasing", power: float = 1.0,
                        seed: SeedLike = None) -> tf.Tensor:
-    """The starts of the two clips of one video, int32 [2] in 0..L-1 (SPEC.md interval sampling).
+    """The starts of the two clips of one video, int32 [2] in 0..L-1 (the paper's
+    interval sampling).
 
     d ~ interval_pmf(distribution, K); clip A starts uniformly in 0..K-1-d and clip B at A + d,
     in random order. A video shorter than one clip loops (module docstring): A is uniform in
@@ -124,7 +125,7 @@ def sample_clip_start(num_frames, clip_frames: int, stride: int,
 
 
 def eval_clip_starts(num_frames, clip_frames: int, stride: int, num_clips: int) -> tf.Tensor:
-    """Evenly spaced starts, int32 [num_clips]: linspace over [0, max(0, L - T*s)] (SPEC.md).
+    """Evenly spaced starts, int32 [num_clips]: linspace over [0, max(0, L - T*s)].
 
     num_clips = 1 gives the middle of that range (the single-view center clip).
     """

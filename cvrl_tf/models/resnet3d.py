@@ -1,7 +1,8 @@
 """3D ResNet backbones (slow-only R3D with the CVRL stem): clips [B, T, H, W, C] -> features.
 
-The network follows SPEC.md "Model": a 5x7x7 stride-2 stem, four residual stages res2..res5
-with temporal kernels only on the first conv of each block in res4/res5, global average pool.
+The network follows the paper (docs/DESIGN.md, the recipe): a 5x7x7 stride-2 stem, four
+residual stages res2..res5 with temporal kernels only on the first conv of each block in
+res4/res5, global average pool.
 Depths 18/34 use basic blocks, 50/101/152/200 bottleneck blocks; `width_multiplier` scales
 every filter count (stem included), as in SimCLR's wide ResNets.
 """
@@ -19,7 +20,7 @@ DEPTHS = {
     152: ("bottleneck", (3, 8, 36, 3)),
     200: ("bottleneck", (3, 24, 36, 3)),
 }
-# Stem: (temporal kernel, temporal stride) of the first conv. 'cvrl' is SPEC.md's 5x7x7
+# Stem: (temporal kernel, temporal stride) of the first conv. 'cvrl' is the paper's 5x7x7
 # stride 2x2x2; 'resnet' is the inflated 2D stem (1x7x7, stride 1x2x2), no temporal downsampling.
 STEMS = {"cvrl": (5, 2), "resnet": (1, 1)}
 # Slow-only default: temporal kernel of the first conv of every block, per stage res2..res5.
@@ -103,7 +104,7 @@ def _stage_kernels(temporal_kernels: Any, blocks: Sequence[int]) -> list:
     return per_block
 
 
-# Spatial stride of the first block of res2..res5 (SPEC.md: 2 in res3..res5).
+# Spatial stride of the first block of res2..res5 (the paper: 2 in res3..res5).
 DEFAULT_SPATIAL_STRIDES = (1, 2, 2, 2)
 
 
