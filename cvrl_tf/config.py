@@ -48,7 +48,8 @@ class JobConfig:
     eval_every: at the end only.
     Learning rate: `base_lr` for `lr_reference_batch` videos, scaled linearly to the global
     batch when `lr_scaling='linear'`; warmup then cosine to 0. `weight_decay` acts on conv and
-    dense kernels only. `classifier` ('linear', 'finetune' or 'probe') picks the head mode
+    dense kernels only. `probe_loss_weight` weighs the online probe's loss (pretraining; its
+    gradient stops at the feature), `label_smoothing` the classifier's targets. `classifier` ('linear', 'finetune' or 'probe') picks the head mode
     'evaluate' restores (default: 'linear'). `jit_compile=None` means on for TPU only.
     `start_over=True` starts from `warm_start` (or scratch) when model_dir holds checkpoints
     but none can be restored (else the run stops). `seed` replays the input pipeline;
@@ -96,6 +97,8 @@ class JobConfig:
     weight_decay: float = 0.0
     temperature: float = 0.1
     online_probe: bool = True
+    probe_loss_weight: float = 1.0
+    label_smoothing: float = 0.0
     classifier: str = ""
     multiview_eval: bool = True
     eval_checkpoint: str = ""
@@ -244,6 +247,10 @@ def _check_learning_rate(cfg: JobConfig) -> None:
         warn(f"run.base_lr is used as-is with optimizer={cfg.optimizer!r} at global batch "
              f"{cfg.global_batch_size}, but the recipe's rate is for {cfg.lr_reference_batch}; "
              f"set run.lr_scaling='linear' to scale it with the batch.")
+    if cfg.probe_loss_weight < 0:
+        raise ConfigError(f"run.probe_loss_weight={cfg.probe_loss_weight!r} must be >= 0.")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise ConfigError(f"run.label_smoothing={cfg.label_smoothing!r} must be in [0, 1).")
 
 
 def _check_data_service(cfg: JobConfig) -> None:

@@ -150,13 +150,13 @@ def _trainer(cfg: JobConfig, strategy: tf.distribute.Strategy, parts: _Parts,
     """The orbit trainer running the mode's replica step."""
     if cfg.mode == "pretrain":
         replica_step = steps.make_pretrain_step(parts.model, parts.optimizer, cfg.temperature,
-                                                parts.loss_weight_decay)
+                                                parts.loss_weight_decay, cfg.probe_loss_weight)
         metric_names = steps.PRETRAIN_METRICS + (
             steps.PROBE_METRICS if parts.model.probe is not None else ())
         clips_per_step = 2 * cfg.global_batch_size
     else:
         replica_step = steps.make_classifier_step(parts.model, parts.optimizer,
-                                                  parts.loss_weight_decay)
+                                                  parts.loss_weight_decay, cfg.label_smoothing)
         metric_names = steps.CLASSIFIER_METRICS
         clips_per_step = cfg.global_batch_size
     ids_path = None

@@ -127,7 +127,6 @@ def _logits(outputs) -> tf.Tensor:
 def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                        temperature: float = 0.1, weight_decay: float = 0.0,
                        probe_loss_weight: float = 1.0,
-                       decay_variables: Optional[Sequence] = None,
                        augment: Augment = device_augment.augment_batch) -> Step:
     """The CVRL replica step: InfoNCE (+ online probe) (+ L2 on kernels), one optimizer update.
 
@@ -137,7 +136,8 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
     device_augment.augment_batch, a no-op on float batches) turns it into those float32 rows
     first, in the replica step, so on the accelerator. model(video, training=True)
     returns {'embedding', optional 'probe_logits'} (a CVRLModel). weight_decay adds
-    0.5 * wd * sum(w^2) over decay_variables (default: the model's trainable conv/dense kernels).
+    0.5 * wd * sum(w^2) over the model's trainable conv/dense kernels (optimizers.decay_variables);
+    the online probe's loss counts probe_loss_weight times.
     Returns replica metrics: 'loss' (this replica's total, before the 1/num_replicas scaling),
     'contrastive_loss', 'contrastive_accuracy', 'contrastive_entropy', 'positive_similarity',
     'num_candidates' (the clips info_nce compared each anchor with: 2B x replicas),
@@ -149,8 +149,7 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
     if probe_loss_weight < 0:
         raise ValueError(f"probe_loss_weight={probe_loss_weight!r} must be >= 0.")
     _check_weight_decay(optimizer, weight_decay)
-    decayed = list(decay_variables if decay_variables is not None
-                   else default_decay_variables(model)) if weight_decay else []
+    decayed = list(default_decay_variables(model)) if weight_decay else []
 
     def step(batch: Batch) -> Dict[str, tf.Tensor]:
         batch = _augmented(batch, augment)
@@ -180,7 +179,6 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
 
 def make_classifier_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                          weight_decay: float = 0.0, label_smoothing: float = 0.0,
-                         decay_variables: Optional[Sequence] = None,
                          augment: Augment = device_augment.augment_batch) -> Step:
     """Linear-eval / fine-tune replica step: cross-entropy on model(video)['logits'], one update.
 
@@ -192,8 +190,7 @@ def make_classifier_step(model: keras.Model, optimizer: keras.optimizers.Optimiz
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1).")
     _check_weight_decay(optimizer, weight_decay)
-    decayed = list(decay_variables if decay_variables is not None
-                   else default_decay_variables(model)) if weight_decay else []
+    decayed = list(default_decay_variables(model)) if weight_decay else []
 
     def step(batch: Batch) -> Dict[str, tf.Tensor]:
         batch = _augmented(batch, augment)

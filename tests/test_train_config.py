@@ -64,6 +64,8 @@ def test_clip_longer_than_the_shortest_video_warns(capsys):
                                     "unknown: set run.num_train_examples"),
     (dict(warmup=2.5), "must be a whole number of steps"),
     (dict(deterministic=True), "set run.seed too"),
+    (dict(probe_loss_weight=-1.0), "run.probe_loss_weight=-1.0 must be >= 0"),
+    (dict(label_smoothing=1.0), r"run.label_smoothing=1.0 must be in \[0, 1\)"),
 ])
 def test_bad_settings_are_refused(changes, match):
     with pytest.raises(ConfigError, match=match):
