@@ -34,6 +34,7 @@ import sys
 from typing import Optional, Sequence
 
 import tensorflow as tf
+from absl import logging
 
 from cvrl_tf import checkpoints
 from cvrl_tf import config
@@ -181,7 +182,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--gin_param", action="append", default=[],
                         help="extra gin binding for every run, e.g. run.train_length=100")
     args = parser.parse_args(argv)
-    results = run_demo(args.output_dir, args.gin_param, start=_START)
+    # Every warning the runs log is also printed to stdout; show it once.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        results = run_demo(args.output_dir, args.gin_param, start=_START)
+    finally:
+        logging.set_verbosity(verbosity)
     print(f"Results written to {os.path.abspath(args.output_dir)}", flush=True)
     return results
 
