@@ -2,7 +2,7 @@ r"""The cvrl_tf binary: pretrain, linear-evaluate, fine-tune or evaluate, at any
 
     python -m cvrl_tf.train --gin_file=gin/experiments/demo_pretrain.gin --model_dir=DIR \
         [--gin_param=run.train_length=100] [--strategy=default|one_device|mirrored|multi_worker]
-        [--tpu=NAME|local]
+        [--tpu=NAME|local] [--worker_timeout=60] [--collective_timeout=1800]
 
 gin binds the one root, `run` (the fields of cvrl_tf.config.JobConfig), and a few registered
 library functions (build_backbone, projection_head, finetune_classifier, build_dataset);

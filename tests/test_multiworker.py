@@ -226,7 +226,9 @@ def test_one_process_two_replicas_give_the_same_first_step_loss(two_workers, dat
             return strategy.reduce(tf.distribute.ReduceOp.MEAN, outputs["loss"], axis=None)
 
         loss = float(run(values))
-    np.testing.assert_allclose(loss, _first_step_loss(two_workers["model_dir"]), rtol=1e-6)
+    two_worker_loss = _first_step_loss(two_workers["model_dir"])
+    print(f"first-step loss: one process {loss!r}, two workers {two_worker_loss!r}")
+    np.testing.assert_allclose(loss, two_worker_loss, rtol=1e-6)
 
 
 def test_lost_worker_stops_the_other_and_both_resume(data_dir, tmp_path):
