@@ -9,17 +9,30 @@ multi-worker guide recommends.
 """
 import json
 import os
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+# multi_worker: a worker silent for this many seconds counts as lost (coordination service
+# heartbeats; TF's default is 10 s, which a host busy writing a checkpoint could miss).
+WORKER_TIMEOUT = 60.0
+# multi_worker: a collective that waits longer than this fails (a peer alive but stuck).
+COLLECTIVE_TIMEOUT = 1800.0
 
 
 def get_strategy(name: str = "default", tpu: Optional[str] = None,
-                 devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
-    """Returns the strategy `name` (one of STRATEGIES); `tpu` (a name or 'local') wins."""
+                 devices: Optional[Sequence[str]] = None,
+                 worker_timeout: float = WORKER_TIMEOUT,
+                 collective_timeout: float = COLLECTIVE_TIMEOUT) -> tf.distribute.Strategy:
+    """Returns the strategy `name` (one of STRATEGIES); `tpu` (a name or 'local') wins.
+
+    multi_worker only: `worker_timeout` bounds how long the workers take to notice a lost peer
+    and fail (tf.errors.UnavailableError naming it) instead of hanging; `collective_timeout`
+    bounds one collective (tf.errors.DeadlineExceededError), for a peer that is alive but stuck.
+    """
     if tpu:
         return _tpu_strategy(tpu)
     if name == "default":
@@ -34,13 +47,46 @@ def get_strategy(name: str = "default", tpu: Optional[str] = None,
         if "TF_CONFIG" not in os.environ:
             logging.warning("strategy=multi_worker without TF_CONFIG runs a single worker; "
                             "set TF_CONFIG on every host to span several.")
-        options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        return _multi_worker_strategy(worker_timeout, collective_timeout)
     if name == "tpu":
         raise ValueError("strategy=tpu needs the TPU name: pass --tpu=NAME (--tpu=local on a "
                          "TPU VM).")
     raise ValueError(f"Unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}.")
+
+
+def _multi_worker_strategy(worker_timeout: float, collective_timeout: float
+                           ) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """MWMS whose workers notice a lost peer within `worker_timeout` seconds.
+
+    In TF 2.20 the workers' coordination service watches them: each sends heartbeats, and a
+    task silent for `heartbeat_timeout_in_ms` (TF's default: 10 s) is declared down; every
+    pending collective then fails with UnavailableError naming it ("The following tasks are
+    unhealthy (stopped sending heartbeats): /job:worker/replica:0/task:1"). MWMS configures
+    that service only when none is, so it is configured here first, the same way but with
+    the timeout given. (MWMS's older Python health check is off whenever the service is on.)
+    """
+    if not worker_timeout > 0 or not collective_timeout > 0:
+        raise ValueError(f"worker_timeout={worker_timeout!r} and collective_timeout="
+                         f"{collective_timeout!r} must be > 0 seconds.")
+    # pylint: disable=C0415  # TF's own modules: no public API sets the heartbeat timeout.
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster = resolver.cluster_spec()
+    if resolver.task_type in ("chief", "worker") and context.context().coordination_service \
+            is None:
+        jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+                for job in ("chief", "worker") if job in cluster.jobs]
+        context.context().configure_coordination_service(
+            service_type="standalone",
+            service_leader=multi_worker_util.coordination_leader(cluster),
+            coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(worker_timeout * 1000))
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+        timeout_seconds=collective_timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                     communication_options=options)
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
@@ -50,6 +96,34 @@ def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
         tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
+
+
+# What a lost peer raises in the surviving workers: the coordination service's abort
+# (Unavailable), a collective's timeout (DeadlineExceeded), or collectives cancelled after them.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+               tf.errors.CancelledError, tf.errors.AbortedError)
+
+
+def lost_worker(error: BaseException, tf_config: Optional[Mapping[str, Any]] = None) -> str:
+    """Names the peer an error of PEER_ERRORS is about, as 'worker 1 (host:port)' from the
+    task the error names and TF_CONFIG's cluster; 'a peer worker (...)' when it names none."""
+    if tf_config is None:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    cluster = tf_config.get("cluster", {})
+    me = tf_config.get("task", {})
+    myself = (me.get("type"), int(me.get("index", 0)))
+    named = [(job, int(index)) for job, index in
+             re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", str(error))]
+    named = [task for task in named if task != myself]
+    if named:
+        job, index = named[0]
+        addresses = cluster.get(job, [])
+        where = f" ({addresses[index]})" if index < len(addresses) else ""
+        return f"{job} {index}{where}"
+    others = [f"{job} {i} ({address})" for job, addresses in cluster.items()
+              for i, address in enumerate(addresses)
+              if (job, i) != myself]
+    return "a peer worker" + (f" (one of: {', '.join(others)})" if others else "")
 
 
 def task_info(strategy: tf.distribute.Strategy) -> tuple[Optional[str], int]:

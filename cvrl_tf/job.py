@@ -8,6 +8,7 @@ train.py passes the gin-configured builders in as plain callables.
 """
 import contextlib
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Callable, Optional
@@ -261,12 +262,17 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
 
         # Results.
         step = int(parts.global_step.numpy())
+        digest = weights_digest(parts.model.variables + parts.optimizer.variables)
+        task_type, task_id = distribute.task_info(strategy)
+        logging.info("Final weights of %s %d at step %d: sha256 %s", task_type or "worker",
+                     task_id, step, digest)
         results = {
             "mode": cfg.mode, "global_step": step, "start_step": start_step,
             "total_steps": schedule.total, "num_replicas": strategy.num_replicas_in_sync,
             "initialized_from": origin, "preempted": preempted,
             "train": dict(train.last_output), "eval": dict(eval_output or {}),
-            "input": parts.input_state.summary(), "wall_time_sec": time.time() - start,
+            "input": parts.input_state.summary(), "weights_sha256": digest,
+            "wall_time_sec": time.time() - start,
         }
         if chief:
             summaries.write_results(cfg.model_dir, results)
@@ -278,6 +284,17 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
         return results
     finally:
         distribute.remove_write_dir(write_dir, cfg.model_dir)
+
+
+def weights_digest(variables) -> str:
+    """sha256 of the variables' names and values as this process holds them: workers that
+    stayed in sync (weights, BatchNorm statistics, optimizer state) log the same digest."""
+    sha = hashlib.sha256()
+    for variable in sorted(variables, key=lambda v: v.path):
+        value = np.asarray(variable.numpy())
+        sha.update(f"{variable.path}:{value.dtype}:{value.shape};".encode())
+        sha.update(value.tobytes())
+    return sha.hexdigest()
 
 
 def _first_batch(dataset_fn: Callable, replicas: int) -> tf.Tensor:

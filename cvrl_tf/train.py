@@ -2,7 +2,7 @@ r"""The cvrl_tf binary: pretrain, linear-evaluate, fine-tune or evaluate, at any
 
     python -m cvrl_tf.train --gin_file=gin/experiments/demo_pretrain.gin --model_dir=DIR \
         [--gin_param=run.train_length=100] [--strategy=default|one_device|mirrored|multi_worker]
-        [--tpu=NAME|local]
+        [--tpu=NAME|local] [--worker_timeout=60] [--collective_timeout=1800]
 
 gin binds the one root, `run` (the fields of cvrl_tf.config.JobConfig), and a few registered
 library functions (build_backbone, projection_head, finetune_classifier, build_dataset);
@@ -12,6 +12,7 @@ continues where it stopped (the resume order: cvrl_tf.checkpoints.resume).
 import dataclasses
 import logging as std_logging
 import os
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -21,6 +22,7 @@ from absl import logging
 import gin
 import tensorflow as tf
 
+from cvrl_tf import checkpoints
 from cvrl_tf import config
 from cvrl_tf import distribute
 from cvrl_tf import job
@@ -132,6 +134,27 @@ flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and results
 flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES[:-1]),
                   "tf.distribute strategy when --tpu is not given.")
 flags.DEFINE_string("tpu", None, "Cloud TPU name, or 'local' on a TPU VM: uses TPUStrategy.")
+flags.DEFINE_float("worker_timeout", distribute.WORKER_TIMEOUT,
+                   "multi_worker: seconds within which the workers notice a lost worker and "
+                   "stop (a health check every worker_timeout / 4 seconds).")
+flags.DEFINE_float("collective_timeout", distribute.COLLECTIVE_TIMEOUT,
+                   "multi_worker: seconds one collective may wait for its peers (a worker "
+                   "alive but stuck); longer than any one worker's extra work between steps.")
+
+
+def _checkpoint_step(prefix: str) -> int:
+    """The global step a checkpoint holds (job.py saves it as `step`)."""
+    return int(tf.train.load_checkpoint(prefix).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def lost_worker_message(error: BaseException, model_dir: str) -> str:
+    """The one line a surviving worker prints when a peer is lost: who, the last checkpoint,
+    and how to resume."""
+    latest, _ = checkpoints.latest_good(model_dir) if tf.io.gfile.isdir(model_dir) else (None, [])
+    where = (f"the last checkpoint is step {_checkpoint_step(latest)} in {model_dir}"
+             if latest else f"no checkpoint was saved in {model_dir} yet")
+    return (f"Lost {distribute.lost_worker(error)}: training stopped ({type(error).__name__}); "
+            f"{where}. Restart all workers with the same command to resume from it.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -141,9 +164,23 @@ def main(argv: Sequence[str]) -> None:
     if not FLAGS.gin_file:
         raise app.UsageError("Pass --gin_file (e.g. gin/experiments/demo_pretrain.gin).")
     start = time.time()
-    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    results = run_with_gin(FLAGS.gin_file, FLAGS.gin_param, strategy=strategy,
-                           model_dir=FLAGS.model_dir)
+    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
+                                       worker_timeout=FLAGS.worker_timeout,
+                                       collective_timeout=FLAGS.collective_timeout)
+    try:
+        results = run_with_gin(FLAGS.gin_file, FLAGS.gin_param, strategy=strategy,
+                               model_dir=FLAGS.model_dir)
+    except distribute.PEER_ERRORS as e:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        message = lost_worker_message(e, job_config(FLAGS.model_dir).model_dir)
+        logging.error("%s\n%s", message, e)
+        print(message, flush=True)
+        # Not sys.exit: TF's teardown would wait (about half a minute, measured) on the lost
+        # peer's shutdown barrier; nothing is left to save.
+        std_logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)  # pylint: disable=protected-access
     logging.info("Finished in %.1f s: %s", time.time() - start, results.get("eval", {}))
 
 

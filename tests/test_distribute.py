@@ -51,3 +51,25 @@ def test_non_chief_writes_to_a_temp_dir_that_is_removed(tmp_path, monkeypatch):
     distribute.remove_write_dir(path, model_dir)
     assert not os.path.exists(path)
     distribute.remove_write_dir(model_dir, model_dir)  # Never removes model_dir itself.
+
+
+CLUSTER = {"cluster": {"worker": ["host0:2222", "host1:2222", "host2:2222"]},
+           "task": {"type": "worker", "index": 0}}
+
+
+def test_lost_worker_is_named_from_the_error_and_tf_config():
+    error = tf.errors.UnavailableError(None, None, (
+        "Collective ops is aborted by: Error reported from /job:worker/task:2: The following "
+        "tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:2"))
+    assert distribute.lost_worker(error, CLUSTER) == "worker 2 (host2:2222)"
+    # An error naming only this worker (or none): every other worker may be the lost one.
+    mine = tf.errors.UnavailableError(None, None, "aborted on /job:worker/replica:0/task:0")
+    assert distribute.lost_worker(mine, CLUSTER) == (
+        "a peer worker (one of: worker 1 (host1:2222), worker 2 (host2:2222))")
+
+
+@pytest.mark.parametrize("timeouts", [(0, 10), (10, -1)])
+def test_multi_worker_timeouts_must_be_positive(timeouts):
+    with pytest.raises(ValueError, match="must be > 0 seconds"):
+        distribute.get_strategy("multi_worker", worker_timeout=timeouts[0],
+                                collective_timeout=timeouts[1])

@@ -1,22 +1,33 @@
 """Two real worker processes on 127.0.0.1 with TF_CONFIG and MultiWorkerMirroredStrategy.
 
-They pretrain the tiny R3D for a few steps on the synthetic set. Checked: both finish in
-time; their input pipelines are the two disjoint halves of the shards; the contrastive loss
-compares each anchor with the clips of BOTH workers; only the chief writes checkpoints and
-summaries (the other worker's temporary write dir is gone afterwards).
+One two-worker run (module fixture) pretrains the tiny R3D for two epochs of the synthetic set.
+Checked on it: both finish in time; each worker's recorded video ids are its own half of the
+shards, the halves are disjoint and cover every video once per epoch; the contrastive loss
+compares each anchor with the clips of BOTH workers (num_candidates as info_nce gathered it);
+both workers end with the same weights; one process with two replicas on the same batches gets
+the same first-step loss; only the chief writes checkpoints and summaries. A second run loses a
+worker to SIGKILL: the other stops in bounded time naming it, and both restarted resume from
+the last checkpoint.
 """
 import glob
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import config
+from cvrl_tf import job
+from cvrl_tf import steps
+from cvrl_tf import train
+from cvrl_tf import trainer
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import synthetic
 
@@ -25,6 +36,10 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_LIMIT = 300  # Seconds for both workers (TF start-up dominates; generous on 2 shared cores).
 BATCH = 8         # Global batch of videos: 4 per worker.
+VIDEOS = 16       # Training videos: one epoch is 2 global steps.
+STEPS = 4         # Two epochs.
+WORKER_TIMEOUT = 10  # --worker_timeout of the fault test (seconds).
+GIN_FILE = "experiments/demo_pretrain.gin"
 
 
 def _free_ports(n):
@@ -37,75 +52,220 @@ def _free_ports(n):
     return ports
 
 
-def _ids(dataset, limit=64):
-    return {i.decode() for b in dataset.take(limit) for i in b["id"].numpy()}
+def _params(data_dir, steps, *extra):
+    return [f"TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}",
+            f"run.train_length={steps}", "run.steps_per_loop=1", "run.checkpoint_every=2",
+            f"run.global_batch_size={BATCH}", "run.min_video_frames=16", "run.seed=1",
+            "run.deterministic=True", *extra]
+
+
+def _start(params, model_dir, workers, log_dir, name, flags=()):
+    """Starts one process per worker; returns (procs, log paths)."""
+    args = [sys.executable, "-m", "cvrl_tf.train", "--strategy=multi_worker",
+            f"--gin_file={GIN_FILE}", f"--model_dir={model_dir}", *flags,
+            *[f"--gin_param={p}" for p in params]]
+    procs, paths = [], []
+    for index in range(len(workers)):
+        env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",
+                   CUDA_VISIBLE_DEVICES="",
+                   TF_CONFIG=json.dumps({"cluster": {"worker": workers},
+                                         "task": {"type": "worker", "index": index}}))
+        path = os.path.join(log_dir, f"{name}-worker{index}.log")
+        with open(path, "w") as log:
+            procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+        paths.append(path)
+    return procs, paths
+
+
+def _wait(procs, deadline):
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1, deadline - time.time()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _results(model_dir):
+    with open(os.path.join(model_dir, "results.json")) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("motion"))
-    synthetic.write_dataset(path, num_train=16, num_eval=8, num_frames=16, size=32,
+    synthetic.write_dataset(path, num_train=VIDEOS, num_eval=8, num_frames=16, size=32,
                             num_shards=4, seed=0)
     return path
 
 
-def test_two_workers_pretrain_together(data_dir, tmp_path):
-    model_dir = str(tmp_path / "model")
+@pytest.fixture(scope="module")
+def two_workers(data_dir, tmp_path_factory):
+    """The two-worker run: {'model_dir', 'outputs', 'pids', 'params'}."""
+    log_dir = str(tmp_path_factory.mktemp("logs"))
+    model_dir = os.path.join(log_dir, "model")
+    params = _params(data_dir, STEPS, f"EVAL_DATA={os.path.join(data_dir, 'eval-*')!r}",
+                     "run.eval_batch_size=4", "run.record_example_ids=True")
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    args = [sys.executable, "-m", "cvrl_tf.train", "--strategy=multi_worker",
-            "--gin_file=experiments/demo_pretrain.gin", f"--model_dir={model_dir}",
-            f"--gin_param=TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}",
-            f"--gin_param=EVAL_DATA={os.path.join(data_dir, 'eval-*')!r}",
-            "--gin_param=run.train_length=4", "--gin_param=run.steps_per_loop=2",
-            f"--gin_param=run.global_batch_size={BATCH}", "--gin_param=run.eval_batch_size=4",
-            "--gin_param=run.min_video_frames=16", "--gin_param=run.checkpoint_every=2"]
-    procs, logs = [], []
-    for index in range(2):
-        env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",
-                   CUDA_VISIBLE_DEVICES="",
-                   TF_CONFIG=json.dumps({"cluster": {"worker": workers},
-                                         "task": {"type": "worker", "index": index}}))
-        log = open(tmp_path / f"worker{index}.log", "w+")
-        logs.append(log)
-        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
-    start = time.time()
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(1, TIME_LIMIT - (time.time() - start)))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read())
-        log.close()
+    procs, paths = _start(params, model_dir, workers, log_dir, "run")
+    _wait(procs, time.time() + TIME_LIMIT)
+    outputs = [_read(p) for p in paths]
     for index, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"worker {index} failed:\n{out[-3000:]}"
+    return {"model_dir": model_dir, "outputs": outputs, "pids": [p.pid for p in procs],
+            "params": params}
 
-    # Each worker read its own input pipeline of two: shards 0, 2 and shards 1, 3 (disjoint).
+
+def test_two_workers_pretrain_together(two_workers):
+    model_dir, outputs = two_workers["model_dir"], two_workers["outputs"]
     for index, out in enumerate(outputs):
         assert f"Input pipeline {index} of 2 (2 replicas in sync)" in out
-    contexts = [tf.distribute.InputContext(2, i, 2) for i in range(2)]
-    pattern = os.path.join(data_dir, "train-*")
-    seen = [_ids(pipeline.build_dataset(pattern, "pretrain", BATCH, 4, 2, 32, ctx, repeat=False,
-                                        seed=0)) for ctx in contexts]
-    assert seen[0] and seen[1] and not seen[0] & seen[1]
-    assert len(seen[0] | seen[1]) == 16
-
-    # The loss compares each anchor with all 2 x global batch clips, across both workers.
-    with open(os.path.join(model_dir, "results.json")) as f:
-        results = json.load(f)
-    assert results["num_replicas"] == 2 and results["global_step"] == 4
-    assert results["train"]["num_candidates"] == 2 * BATCH
+    results = _results(model_dir)
+    assert results["num_replicas"] == 2 and results["global_step"] == STEPS
     assert results["eval"]["num_examples"] == 8
+    # The loss compared each anchor with all 2 x global batch clips, across both workers: the
+    # count info_nce read from the candidates it gathered (2 x 4 per worker if only local).
+    assert results["train"]["num_candidates"] == 2 * BATCH
 
     # Only the chief (worker 0) wrote checkpoints and summaries; worker 1's temp dir is gone.
-    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{STEPS}")
     assert not glob.glob(os.path.join(model_dir, "workertemp_*"))
     events = glob.glob(os.path.join(model_dir, "**", "events.out.tfevents.*"), recursive=True)
     pids = {re.match(r"events\.out\.tfevents\.\d+\..+\.(\d+)\.\d+\.v2$",
                      os.path.basename(e)).group(1) for e in events}
-    assert events and pids == {str(procs[0].pid)}
+    assert events and pids == {str(two_workers["pids"][0])}
+
+
+def _recorded_ids(model_dir, worker):
+    """{step: [video id hashes]} worker `worker` consumed (run.record_example_ids)."""
+    steps_ = {}
+    with open(os.path.join(model_dir, "example_ids", f"worker-{worker}.txt")) as f:
+        for line in f:
+            step, ids = line.split(" ", 1)
+            steps_[int(step)] = [int(i) for i in ids.strip().strip("[]").split()]
+    return steps_
+
+
+def test_each_epoch_the_workers_read_disjoint_halves_covering_the_set(two_workers, data_dir):
+    everything = pipeline.build_dataset(os.path.join(data_dir, "train-*"), "pretrain", 4, 4, 2,
+                                        32, repeat=False, seed=0)
+    ids = [i for b in everything for i in b["id"].numpy()]
+    hashes = set(pipeline.id_hash(tf.constant(ids)).numpy().tolist())
+    assert len(hashes) == VIDEOS
+
+    recorded = [_recorded_ids(two_workers["model_dir"], w) for w in range(2)]
+    for worker in recorded:
+        assert sorted(worker) == list(range(STEPS))
+        assert all(len(ids) == BATCH // 2 for ids in worker.values())  # Its half of the batch.
+    steps_per_epoch = VIDEOS // BATCH
+    for epoch in range(STEPS // steps_per_epoch):
+        epoch_steps = range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+        halves = [[i for s in epoch_steps for i in worker[s]] for worker in recorded]
+        assert not set(halves[0]) & set(halves[1])
+        assert sorted(halves[0] + halves[1]) == sorted(hashes)  # Every video once.
+
+
+def _final_digests(outputs):
+    return [re.findall(r"Final weights of worker (\d) at step (\d+): sha256 (\w+)", out)
+            for out in outputs]
+
+
+def test_both_workers_end_with_the_same_weights(two_workers):
+    found = _final_digests(two_workers["outputs"])
+    assert [f[-1][:2] for f in found] == [("0", str(STEPS)), ("1", str(STEPS))]
+    assert found[0][-1][2] == found[1][-1][2] == _results(two_workers["model_dir"])[
+        "weights_sha256"]
+
+
+def _first_step_loss(model_dir):
+    for path in glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "loss" and event.step == 1:
+                    return float(tf.make_ndarray(value.tensor))
+    raise AssertionError("no loss summary at step 1")
+
+
+def test_one_process_two_replicas_give_the_same_first_step_loss(two_workers, data_dir,
+                                                                 two_replica_strategy,
+                                                                 tmp_path):
+    """The same global batch through MirroredStrategy on two logical CPUs in this process:
+    replica i gets input pipeline i's first batch (what worker i read), the model starts from
+    the same seed; the first step's loss (before any update) matches the chief's summary."""
+    strategy = two_replica_strategy
+    train.parse_gin([GIN_FILE], two_workers["params"])
+    cfg = train.job_config(str(tmp_path / "one_process"))
+    builders = config.Builders(backbone=train.build_backbone,
+                               projection_head=train.projection_head,
+                               finetune_classifier=train.finetune_classifier,
+                               dataset=train.build_dataset, config_str=train.gin.config_str)
+    schedule = config.check(cfg, strategy)
+    with job._determinism(cfg):  # pylint: disable=protected-access
+        parts = job._build(cfg, strategy, builders, schedule)  # pylint: disable=protected-access
+        dataset_fn = job._train_dataset_fn(cfg, builders)  # pylint: disable=protected-access
+        batches = []
+        for index in range(2):
+            batch = dict(next(iter(dataset_fn(tf.distribute.InputContext(2, index, 2)))))
+            batches.append({k: v for k, v in batch.items() if k not in trainer.INPUT_KEYS})
+        replica_step = steps.make_pretrain_step(parts.model, parts.optimizer, cfg.temperature,
+                                                parts.loss_weight_decay)
+        values = strategy.experimental_distribute_values_from_function(
+            lambda ctx: batches[ctx.replica_id_in_sync_group])
+
+        @tf.function
+        def run(batch):
+            outputs = strategy.run(replica_step, args=(batch,))
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, outputs["loss"], axis=None)
+
+        loss = float(run(values))
+    two_worker_loss = _first_step_loss(two_workers["model_dir"])
+    print(f"first-step loss: one process {loss!r}, two workers {two_worker_loss!r}")
+    np.testing.assert_allclose(loss, two_worker_loss, rtol=1e-6)
+
+
+def test_lost_worker_stops_the_other_and_both_resume(data_dir, tmp_path):
+    """SIGKILL worker 1 after checkpoint 4: worker 0 fails within the timeout naming it and the
+    last checkpoint; both restarted with the same command resume from that checkpoint."""
+    model_dir = str(tmp_path / "model")
+    steps_total = 40
+    params = _params(data_dir, steps_total, "EVAL_DATA=''", "run.image_summaries=False")
+    flags = [f"--worker_timeout={WORKER_TIMEOUT}"]
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs, paths = _start(params, model_dir, workers, str(tmp_path), "fault", flags)
+    deadline = time.time() + TIME_LIMIT
+    try:
+        while not glob.glob(os.path.join(model_dir, "ckpt-4.index")):
+            assert procs[0].poll() is None and time.time() < deadline, _read(paths[0])[-3000:]
+            time.sleep(0.02)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        procs[0].wait(timeout=6 * WORKER_TIMEOUT)
+        waited = time.time() - killed
+    finally:
+        _wait(procs, time.time())
+    out = _read(paths[0])
+    assert procs[0].returncode == 1, out[-3000:]
+    latest = tf.train.latest_checkpoint(model_dir)
+    step = int(tf.train.load_checkpoint(latest).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert 4 <= step < steps_total
+    lines = [line for line in out.splitlines() if line.startswith("Lost ")]
+    assert lines == [f"Lost worker 1 ({workers[1]}): training stopped (UnavailableError); the "
+                     f"last checkpoint is step {step} in {model_dir}. Restart all workers with "
+                     f"the same command to resume from it."], out[-3000:]
+    print(f"worker 0 stopped {waited:.1f} s after worker 1 was killed")
+
+    procs, paths = _start(params, model_dir, workers, str(tmp_path), "resumed", flags)
+    _wait(procs, time.time() + TIME_LIMIT)
+    for index, (proc, path) in enumerate(zip(procs, paths)):
+        assert proc.returncode == 0, f"worker {index} failed:\n{_read(path)[-3000:]}"
+    resumed = _results(model_dir)
+    assert resumed["start_step"] == step and resumed["global_step"] == steps_total
+    assert resumed["initialized_from"].endswith(f"ckpt-{step}")

@@ -46,6 +46,10 @@ VIEWS = (f"{PRETRAIN_TESTS}::"
 TRAIN_CROP = (f"{PRETRAIN_TESTS}::"
               "test_train_mode_is_exactly_crop_resize_and_flip_of_the_decoded_frames")
 
+MULTIWORKER_RUN = "tests/test_multiworker.py::test_two_workers_pretrain_together"
+MULTIWORKER_IDS = ("tests/test_multiworker.py::"
+                   "test_each_epoch_the_workers_read_disjoint_halves_covering_the_set")
+
 
 @dataclasses.dataclass(frozen=True)
 class Mutation:
@@ -108,11 +112,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "num_candidates reports the rows info_nce gathered (2N global), not local ones"),
     Mutation("loss-local-candidates-in-the-job", LOSSES,
              "if ctx is None or ctx.num_replicas_in_sync == 1:", "if True:",
-             ("tests/test_train.py::test_pretrain_writes_checkpoints_config_results",
-              "tests/test_multiworker.py"),
-             "a pretraining run's num_candidates is what info_nce gathered",
-             pending="job.py still computes num_candidates beside the loss (_with_candidates); "
-                     "enable once results.json reports the loss's own metric"),
+             (MULTIWORKER_RUN,),
+             "a two-worker pretraining run's num_candidates is what info_nce gathered (2N)"),
     Mutation("checkpoint-without-step", JOB,
              "optimizer=optimizer,\n                                     step=global_step)",
              "optimizer=optimizer)",
@@ -122,9 +123,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("training-data-without-input-context", JOB,
              "cfg.crop_size, ctx, seed=None if served else cfg.seed,",
              "cfg.crop_size, None, seed=None if served else cfg.seed,",
-             ("tests/test_multiworker.py",),
-             "each input pipeline reads its own shard at the per-replica batch",
-             pending="needs the two-process test recording each worker's video ids (issue 13)"),
+             (MULTIWORKER_IDS,),
+             "each input pipeline reads its own shard at the per-replica batch"),
     Mutation("data-service-parallel-epochs", SERVICE,
              "processing_mode=_service.ShardingPolicy.DYNAMIC",
              "processing_mode=_service.ShardingPolicy.OFF",
