@@ -49,8 +49,9 @@ class JobConfig:
     Learning rate: `base_lr` for `lr_reference_batch` videos, scaled linearly to the global
     batch when `lr_scaling='linear'`; warmup then cosine to 0. `weight_decay` acts on conv and
     dense kernels only. `probe_loss_weight` weighs the online probe's loss (pretraining; its
-    gradient stops at the feature), `label_smoothing` the classifier's targets. `classifier` ('linear', 'finetune' or 'probe') picks the head mode
-    'evaluate' restores (default: 'linear'). `jit_compile=None` means on for TPU only.
+    gradient stops at the feature), `label_smoothing` the classifier's targets. `classifier`
+    ('linear', 'finetune' or 'probe') picks the head mode 'evaluate' restores (default:
+    'linear'). `jit_compile=None` means on for TPU only.
     `start_over=True` starts from `warm_start` (or scratch) when model_dir holds checkpoints
     but none can be restored (else the run stops). `seed` replays the input pipeline;
     `deterministic=True` also turns on TF op determinism, so a resumed run ends with the same
