@@ -216,6 +216,46 @@ def test_evaluate_reproduces_the_linear_eval_runs_final_top1(linear, data_dir, t
         assert json.load(f)["evaluate"]["checkpoint"].endswith("ckpt-4")
 
 
+def test_evaluate_counts_every_view_of_a_discriminating_checkpoint(pretrained, linear,
+                                                                  data_dir, tmp_path):
+    """The tiny runs' heads predict nearly one class for every video, so accuracies alone can
+    hardly tell a head from another: here the linear run's checkpoint gets a head fitted
+    (least squares on the centered eval features) to tell the eval videos apart, and mode
+    'evaluate' must count exactly what that checkpoint's model predicts."""
+    lin_dir, _ = linear
+    cfg, builders = train.job_from_gin(["experiments/demo_linear_eval.gin"],
+                                       overrides(data_dir, PRETRAIN_DIR=repr(pretrained[0])),
+                                       model_dir="unused")
+    model = config.build_model(cfg, builders)
+    tf.train.Checkpoint(model=model).restore(os.path.join(lin_dir, "ckpt-4")).expect_partial()
+    dataset = builders.dataset(cfg.eval_data, "eval", 8, *cfg.eval_clip, num_classes=6,
+                               num_temporal_views=1, num_spatial_views=1, drop_remainder=False)
+    features, labels = [], []
+    for batch in dataset:
+        video = batch["video"].numpy()
+        features.append(model(video[:, 0], training=False)["feature"].numpy())
+        labels.append(batch["label"].numpy().reshape(-1))
+    features, labels = np.concatenate(features).astype(np.float64), np.concatenate(labels)
+    normalized = features / np.linalg.norm(features, axis=1, keepdims=True)
+    mean = normalized.mean(axis=0)
+    kernel = np.linalg.pinv(normalized - mean) @ (np.eye(6)[labels] - 1 / 6)
+    dense = model.classifier.layers[0]
+    dense.kernel.assign(kernel.astype(np.float32))
+    dense.bias.assign((-(mean @ kernel)).astype(np.float32))
+    fitted = str(tmp_path / "fitted")
+    step = tf.Variable(4, dtype=tf.int64)
+    tf.train.CheckpointManager(tf.train.Checkpoint(backbone=model.backbone, model=model,
+                                                   step=step), fitted, 1).save(4)
+
+    params = evaluate_params(data_dir, fitted)
+    ev = train.run_with_gin(EVALUATE, params, model_dir=str(tmp_path / "evaluate"))["eval"]
+    top1, top5, _ = counted_accuracy(EVALUATE, params, ev["checkpoint"])
+    assert top1 >= 0.5  # The fitted head tells the videos apart (chance: 1/6).
+    assert (ev["top1"], ev["top5"]) == (top1, top5)
+    top1, top5, _ = counted_accuracy(EVALUATE, params, ev["checkpoint"], views=(2, 3))
+    assert (ev["multiview_top1"], ev["multiview_top5"]) == (top1, top5)
+
+
 def test_continuous_evaluation_picks_up_a_checkpoint_written_after_it_started(
         linear, data_dir, tmp_path, monkeypatch):
     lin_dir, results = linear

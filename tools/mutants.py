@@ -53,6 +53,8 @@ RESUME = f"{TRAIN_TESTS}::test_resume_trains_only_the_remaining_steps"
 LINEAR_FROZEN = f"{TRAIN_TESTS}::test_linear_eval_freezes_the_warm_started_backbone"
 FINETUNE = f"{TRAIN_TESTS}::test_finetune_from_a_warm_start_trains_the_backbone"
 EVALUATE = f"{TRAIN_TESTS}::test_evaluate_reproduces_the_linear_eval_runs_final_top1"
+EVALUATE_COUNTS = (f"{TRAIN_TESTS}::"
+                   "test_evaluate_counts_every_view_of_a_discriminating_checkpoint")
 CONTINUOUS = (f"{TRAIN_TESTS}::"
               "test_continuous_evaluation_picks_up_a_checkpoint_written_after_it_started")
 PROBE_TOP1 = f"{TRAIN_TESTS}::test_pretrain_writes_checkpoints_config_results"
@@ -147,7 +149,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("evaluate-restores-the-backbone-only", EVALUATION,
              "tf.train.Checkpoint(backbone=model.backbone, model=model, step=step)",
              "tf.train.Checkpoint(backbone=model.backbone, step=step)",
-             (EVALUATE,), "mode 'evaluate' on a checkpoint reproduces the run's own final top-1"),
+             (EVALUATE, EVALUATE_COUNTS),
+             "mode 'evaluate' on a checkpoint reproduces the run's own final top-1"),
     Mutation("continuous-eval-misses-new-checkpoints", EVALUATION,
              "yield from tf.train.checkpoints_iterator(source, timeout=cfg.eval_timeout)",
              "yield from filter(None, [tf.train.latest_checkpoint(source)])",
