@@ -4,14 +4,15 @@
 optimizer under the strategy's scope, initializes them in the resume order
 (`checkpoints.resume`), drives an orbit Controller over the training data (with interleaved
 evaluation when there is an eval set) and writes results.json. Gin never appears here:
-train.py passes the gin-configured builders in as plain callables.
+train.py passes the gin-configured builders in as plain callables. `build_restored` is the
+build-and-restore phase on its own: what a run starts from.
 """
 import contextlib
 import dataclasses
 import hashlib
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from absl import logging
 import keras
@@ -81,6 +82,20 @@ def _build(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders,
     checkpoint = tf.train.Checkpoint(backbone=model.backbone, model=model, optimizer=optimizer,
                                      step=global_step, input=input_state)
     return _Parts(model, optimizer, global_step, input_state, checkpoint, in_loss)
+
+
+def build_restored(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders,
+                   schedule: config.Schedule) -> Tuple[_Parts, str]:
+    """The job's model, optimizer, step and input state as its run starts: built, then
+    initialized in the resume order (checkpoints.resume); also the origin it names."""
+    parts = _build(cfg, strategy, builders, schedule)
+    resuming = bool(checkpoints.list_checkpoints(cfg.model_dir)
+                    if tf.io.gfile.isdir(cfg.model_dir) else [])
+    if cfg.warm_start and not resuming:
+        checkpoints.check_architecture(cfg.warm_start, parts.model.backbone.get_config())
+    origin = checkpoints.resume(parts.checkpoint, parts.model.backbone, cfg.model_dir,
+                                cfg.warm_start, cfg.start_over)
+    return parts, origin
 
 
 @contextlib.contextmanager
@@ -195,17 +210,10 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
     pretrain = cfg.mode == "pretrain"
     try:
         with _precision(cfg.mixed_precision), _determinism(cfg):
-            # Build: the model and optimizer under the strategy's scope.
-            parts = _build(cfg, strategy, builders, schedule)
+            # Build and restore: the model and optimizer under the strategy's scope, then the
+            # resume order of checkpoints.resume (checkpoint, warm start, scratch).
+            parts, origin = build_restored(cfg, strategy, builders, schedule)
             backbone_kwargs = parts.model.backbone.get_config()
-
-            # Restore: the resume order of checkpoints.resume (checkpoint, warm start, scratch).
-            resuming = bool(checkpoints.list_checkpoints(cfg.model_dir)
-                            if tf.io.gfile.isdir(cfg.model_dir) else [])
-            if cfg.warm_start and not resuming:
-                checkpoints.check_architecture(cfg.warm_start, backbone_kwargs)
-            origin = checkpoints.resume(parts.checkpoint, parts.model.backbone, cfg.model_dir,
-                                        cfg.warm_start, cfg.start_over)
             start_step = int(parts.global_step.numpy())
             if chief:
                 checkpoints.write_json(cfg.model_dir, checkpoints.BACKBONE_JSON,

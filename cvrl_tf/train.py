@@ -14,7 +14,7 @@ import logging as std_logging
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -115,15 +115,22 @@ def _quiet_gin_search(record: std_logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Path not found")
 
 
-def run_with_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (),
-                 strategy: Optional[tf.distribute.Strategy] = None,
-                 model_dir: Optional[str] = None) -> dict:
-    """Parses the config and runs its job in this process (used by demo.py and tests)."""
+def job_from_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (),
+                 model_dir: Optional[str] = None) -> Tuple[config.JobConfig, config.Builders]:
+    """Parses the config; returns the JobConfig and the gin-configured builders of its job."""
     parse_gin(gin_files, gin_params)
     builders = config.Builders(backbone=build_backbone, projection_head=projection_head,
                                finetune_classifier=finetune_classifier, dataset=build_dataset,
                                config_str=_config_str)
-    return job.run_job(job_config(model_dir), strategy=strategy or tf.distribute.get_strategy(),
+    return job_config(model_dir), builders
+
+
+def run_with_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (),
+                 strategy: Optional[tf.distribute.Strategy] = None,
+                 model_dir: Optional[str] = None) -> dict:
+    """Parses the config and runs its job in this process (used by demo.py and tests)."""
+    cfg, builders = job_from_gin(gin_files, gin_params, model_dir)
+    return job.run_job(cfg, strategy=strategy or tf.distribute.get_strategy(),
                        builders=builders)
 
 

@@ -63,7 +63,9 @@ def test_sweep_writes_findings_and_skips_finished_runs(tmp_path, monkeypatch, ca
     assert saved == json.loads(json.dumps(result))
     assert list(saved["top1"]) == ["random_init", "decreasing"]
     assert saved["seeds"] == {"random_init": [0], "decreasing": [0]}
-    assert all(0.0 <= v[0] <= 1.0 for v in saved["top1"].values())
+    for condition in ("random_init", "decreasing"):  # Each run's own final linear top-1.
+        with open(out / "seed0" / f"linear_{condition}" / "results.json") as f:
+            assert saved["top1"][condition] == [json.load(f)["eval"]["top1"]], condition
     assert saved["std"] == {"random_init": 0.0, "decreasing": 0.0}
     assert saved["steps"]["pretrain"] == 2 and saved["chance_top1"] == pytest.approx(1 / 6)
     assert saved["commands"] == ["python -m bench.findings " + " ".join(args)]

@@ -1,17 +1,23 @@
-"""End to end through the gin root: pretrain -> linear_eval -> evaluate, resume order, NaN stop.
+"""End to end through the gin root: pretrain -> linear_eval / finetune -> evaluate (once and
+continuously), resume (what a resumed run restores and trains), NaN stop.
 
 Tiny: 32 synthetic videos of 16 frames at 32x32, the tiny R3D, 4 steps of batch 8, run
-in-process with the shipped demo experiment files and small overrides.
+in-process with the shipped demo experiment files and small overrides. Accuracies are checked
+exactly against correct / total counted here from the checkpoint's own model.
 """
 import glob
 import json
 import os
+import shutil
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from cvrl_tf import config
+from cvrl_tf import job
 from cvrl_tf import train
 from cvrl_tf.data import synthetic
 from cvrl_tf.trainer import NonFiniteLossError
@@ -54,6 +60,53 @@ def linear_eval(data_dir, model_dir, pretrain_dir, **macros):
                               model_dir=model_dir)
 
 
+def evaluate_params(data_dir, checkpoint, **macros):
+    """Mode 'evaluate' on the demo's model and eval clips (8 frames at 32x32), 2 x 3 views."""
+    values = {"CHECKPOINT": repr(checkpoint),
+              "EVAL_DATA": repr(os.path.join(data_dir, "eval-*")), "NUM_CLASSES": 6,
+              "run.num_frames": 8, "run.eval_crop_size": 32, "run.global_batch_size": 8,
+              "run.multiview_batch_size": 4, "run.eval_temporal_views": 2,
+              "run.eval_spatial_views": 3}
+    values.update(macros)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+EVALUATE = ["models/tiny_motion.gin", "runs/evaluate.gin"]
+
+
+def counted_accuracy(gin_files, params, checkpoint, views=(1, 1)):
+    """(top-1, top-5, examples) of a checkpoint on the job's eval set, counted here: its model
+    built and restored outside the job, softmax averaged over the views, numpy top-k."""
+    cfg, builders = train.job_from_gin(gin_files, params, model_dir="unused")
+    model = config.build_model(cfg, builders)
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial() \
+        .assert_existing_objects_matched()
+    num_frames, stride, crop_size = cfg.eval_clip
+    dataset = builders.dataset(cfg.eval_data, "eval", 8, num_frames, stride, crop_size,
+                               num_classes=cfg.num_classes, num_temporal_views=views[0],
+                               num_spatial_views=views[1], drop_remainder=False)
+    top1 = top5 = total = 0
+    for batch in dataset:
+        video = batch["video"].numpy()
+        out = model(video.reshape((-1,) + video.shape[2:]), training=False)
+        logits = out["probe_logits" if "probe_logits" in out else "logits"].numpy()
+        probs = tf.nn.softmax(logits.astype(np.float64)).numpy()
+        probs = probs.reshape(video.shape[:2] + (-1,)).mean(axis=1)
+        ranked = np.argsort(-probs, axis=1)
+        labels = batch["label"].numpy().reshape(-1)
+        top1 += int(np.sum(ranked[:, 0] == labels))
+        top5 += int(np.sum(np.any(ranked[:, :5] == labels[:, None], axis=1)))
+        total += len(labels)
+    return top1 / total, top5 / total, total
+
+
+def checkpoint_values(path):
+    """{key: value} of a checkpoint but its save counter and object graph."""
+    reader = tf.train.load_checkpoint(path)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if not k.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
 @pytest.fixture(scope="module")
 def pretrained(data_dir, tmp_path_factory):
     """A 4-step pretraining on two replicas (MirroredStrategy over two logical CPUs)."""
@@ -77,15 +130,20 @@ def _tags(directory):
     return tags
 
 
-def test_pretrain_writes_checkpoints_config_results(pretrained):
+def test_pretrain_writes_checkpoints_config_results(pretrained, data_dir):
     model_dir, results = pretrained
     assert results["mode"] == "pretrain" and results["global_step"] == 4
     assert results["num_replicas"] == 2 and results["initialized_from"] == "scratch"
     # Negatives come from the whole global batch: 8 videos x 2 views on two replicas.
     assert results["train"]["num_candidates"] == 16
     assert np.isfinite(results["train"]["loss"])
-    assert 0 <= results["eval"]["top1"] <= 1 and results["eval"]["num_examples"] == NUM_EVAL
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
+    # The online probe's top-1 at step 4, as counted here from ckpt-4's model.
+    top1, _, total = counted_accuracy(["experiments/demo_pretrain.gin"],
+                                      overrides(data_dir),
+                                      os.path.join(model_dir, "ckpt-4"))
+    assert results["eval"]["num_examples"] == total == NUM_EVAL
+    assert results["eval"]["top1"] == top1
     with open(os.path.join(model_dir, "backbone.json")) as f:
         backbone = json.load(f)
     assert backbone["base_filters"] == 16 and backbone["blocks_per_stage"] == [1, 1, 1, 1]
@@ -109,13 +167,18 @@ def test_tensorboard_tags(pretrained):
     assert eval_tags.get("top1") == "scalars" and eval_tags.get("top5") == "scalars"
 
 
-def test_linear_eval_freezes_the_warm_started_backbone_then_evaluate(pretrained, data_dir,
-                                                                     tmp_path):
+@pytest.fixture(scope="module")
+def linear(pretrained, data_dir, tmp_path_factory):
+    """A 4-step linear evaluation warm-started from the pretraining run."""
+    lin_dir = str(tmp_path_factory.mktemp("linear"))
+    return lin_dir, linear_eval(data_dir, lin_dir, pretrained[0])
+
+
+def test_linear_eval_freezes_the_warm_started_backbone(pretrained, linear, data_dir):
     pretrain_dir, _ = pretrained
-    lin_dir = str(tmp_path / "linear")
-    results = linear_eval(data_dir, lin_dir, pretrain_dir)
+    lin_dir, results = linear
     assert results["initialized_from"].startswith("warm_start:")
-    assert results["global_step"] == 4 and 0 <= results["eval"]["top1"] <= 1
+    assert results["start_step"] == 0 and results["global_step"] == 4
 
     # The backbone (kernels and BN statistics) is exactly the pretrained one after training.
     reader_pre = tf.train.load_checkpoint(tf.train.latest_checkpoint(pretrain_dir))
@@ -126,37 +189,172 @@ def test_linear_eval_freezes_the_warm_started_backbone_then_evaluate(pretrained,
     for key in keys:
         np.testing.assert_array_equal(reader_pre.get_tensor(key), reader_lin.get_tensor(key))
 
+    # Its final eval is correct / total of ckpt-4's model, counted here.
+    top1, top5, total = counted_accuracy(
+        ["experiments/demo_linear_eval.gin"],
+        overrides(data_dir, PRETRAIN_DIR=repr(pretrain_dir)), os.path.join(lin_dir, "ckpt-4"))
+    assert results["eval"]["num_examples"] == total == NUM_EVAL
+    assert (results["eval"]["top1"], results["eval"]["top5"]) == (top1, top5)
+
+
+def test_evaluate_reproduces_the_linear_eval_runs_final_top1(linear, data_dir, tmp_path):
+    lin_dir, results = linear
     eval_dir = str(tmp_path / "evaluate")
-    out = train.run_with_gin(
-        ["models/tiny.gin", "runs/evaluate.gin"],
-        [f"CHECKPOINT={lin_dir!r}", f"EVAL_DATA={os.path.join(data_dir, 'eval-*')!r}",
-         "NUM_CLASSES=6", "run.num_frames=8", "run.eval_crop_size=32",
-         "run.global_batch_size=8", "run.multiview_batch_size=4", "run.eval_temporal_views=2",
-         "run.eval_spatial_views=3"],
-        model_dir=eval_dir)
+    params = evaluate_params(data_dir, lin_dir)
+    out = train.run_with_gin(EVALUATE, params, model_dir=eval_dir)
     ev = out["eval"]
-    assert ev["global_step"] == 4 and ev["num_examples"] == NUM_EVAL
-    assert ev["multiview_num_examples"] == NUM_EVAL
-    assert 0 <= ev["top1"] <= ev["top5"] <= 1 and 0 <= ev["multiview_top1"] <= 1
+    assert ev["checkpoint"] == os.path.join(lin_dir, "ckpt-4") and ev["global_step"] == 4
+    assert ev["num_examples"] == ev["multiview_num_examples"] == NUM_EVAL
+    # Single view: exactly the linear_eval run's own final top-1 and top-5.
+    assert (ev["top1"], ev["top5"]) == (results["eval"]["top1"], results["eval"]["top5"])
+    # 2 x 3 views (softmax averaged), counted here.
+    top1, top5, _ = counted_accuracy(EVALUATE, params, ev["checkpoint"], views=(2, 3))
+    assert (ev["multiview_top1"], ev["multiview_top5"]) == (top1, top5)
     tags = _tags(os.path.join(eval_dir, "eval"))
     assert {"top1", "top5", "multiview_top1", "multiview_top5"} <= set(tags)
     with open(os.path.join(eval_dir, "results.json")) as f:
         assert json.load(f)["evaluate"]["checkpoint"].endswith("ckpt-4")
 
 
+def test_evaluate_counts_every_view_of_a_discriminating_checkpoint(pretrained, linear,
+                                                                  data_dir, tmp_path):
+    """The tiny runs' heads predict nearly one class for every video, so accuracies alone can
+    hardly tell a head from another: here the linear run's checkpoint gets a head fitted
+    (least squares on the centered eval features) to tell the eval videos apart, and mode
+    'evaluate' must count exactly what that checkpoint's model predicts."""
+    lin_dir, _ = linear
+    cfg, builders = train.job_from_gin(["experiments/demo_linear_eval.gin"],
+                                       overrides(data_dir, PRETRAIN_DIR=repr(pretrained[0])),
+                                       model_dir="unused")
+    model = config.build_model(cfg, builders)
+    tf.train.Checkpoint(model=model).restore(os.path.join(lin_dir, "ckpt-4")).expect_partial()
+    dataset = builders.dataset(cfg.eval_data, "eval", 8, *cfg.eval_clip, num_classes=6,
+                               num_temporal_views=1, num_spatial_views=1, drop_remainder=False)
+    features, labels = [], []
+    for batch in dataset:
+        video = batch["video"].numpy()
+        features.append(model(video[:, 0], training=False)["feature"].numpy())
+        labels.append(batch["label"].numpy().reshape(-1))
+    features, labels = np.concatenate(features).astype(np.float64), np.concatenate(labels)
+    normalized = features / np.linalg.norm(features, axis=1, keepdims=True)
+    mean = normalized.mean(axis=0)
+    kernel = np.linalg.pinv(normalized - mean) @ (np.eye(6)[labels] - 1 / 6)
+    dense = model.classifier.layers[0]
+    dense.kernel.assign(kernel.astype(np.float32))
+    dense.bias.assign((-(mean @ kernel)).astype(np.float32))
+    fitted = str(tmp_path / "fitted")
+    step = tf.Variable(4, dtype=tf.int64)
+    tf.train.CheckpointManager(tf.train.Checkpoint(backbone=model.backbone, model=model,
+                                                   step=step), fitted, 1).save(4)
+
+    params = evaluate_params(data_dir, fitted)
+    ev = train.run_with_gin(EVALUATE, params, model_dir=str(tmp_path / "evaluate"))["eval"]
+    top1, top5, _ = counted_accuracy(EVALUATE, params, ev["checkpoint"])
+    assert top1 >= 0.5  # The fitted head tells the videos apart (chance: 1/6).
+    assert (ev["top1"], ev["top5"]) == (top1, top5)
+    top1, top5, _ = counted_accuracy(EVALUATE, params, ev["checkpoint"], views=(2, 3))
+    assert (ev["multiview_top1"], ev["multiview_top5"]) == (top1, top5)
+
+
+def test_continuous_evaluation_picks_up_a_checkpoint_written_after_it_started(
+        linear, data_dir, tmp_path, monkeypatch):
+    lin_dir, results = linear
+    watched = str(tmp_path / "watched")
+    os.makedirs(watched)
+    source = os.path.join(lin_dir, "ckpt-4")
+    started = []
+    iterator = tf.train.checkpoints_iterator
+
+    def write_later():
+        for path in sorted(glob.glob(source + ".*"), key=lambda p: p.endswith(".index")):
+            shutil.copy(path, watched)  # Data first, the index last.
+        tf.compat.v1.train.update_checkpoint_state(watched, os.path.join(watched, "ckpt-4"))
+
+    def watching(directory, **kwargs):
+        started.append(tf.train.latest_checkpoint(directory))
+        timer = threading.Timer(2.0, write_later)  # After the watch's first empty look.
+        timer.start()
+        try:
+            yield from iterator(directory, **kwargs)
+        finally:
+            timer.cancel()
+
+    monkeypatch.setattr(tf.train, "checkpoints_iterator", watching)
+    out = train.run_with_gin(EVALUATE, evaluate_params(
+        data_dir, watched, **{"run.continuous_eval": True, "run.eval_timeout": 30,
+                              "run.train_length": 4, "run.multiview_eval": False}),
+        model_dir=str(tmp_path / "continuous"))
+    assert started == [None]  # The watch began before the checkpoint existed.
+    assert [h["checkpoint"] for h in out["history"]] == [os.path.join(watched, "ckpt-4")]
+    assert out["eval"]["global_step"] == 4 and out["eval"]["top1"] == results["eval"]["top1"]
+
+
+def test_finetune_from_a_warm_start_trains_the_backbone(pretrained, data_dir, tmp_path):
+    pretrain_dir, _ = pretrained
+    ft_dir = str(tmp_path / "finetune")
+    results = train.run_with_gin(
+        ["models/tiny_motion.gin", "runs/finetune.gin"],
+        overrides(data_dir, PRETRAIN_DIR=repr(pretrain_dir), EVAL_DATA="''", NUM_CLASSES=6,
+                  **{"run.train_length": 2, "run.warmup": 0, "run.num_frames": 8,
+                     "run.crop_size": 32}),
+        model_dir=ft_dir)
+    assert results["mode"] == "finetune" and np.isfinite(results["train"]["loss"])
+    assert results["initialized_from"].startswith("warm_start:")
+    assert results["start_step"] == 0 and results["global_step"] == 2
+    pre = checkpoint_values(os.path.join(pretrain_dir, "ckpt-4"))
+    fine = checkpoint_values(os.path.join(ft_dir, "ckpt-2"))
+    # Every backbone kernel and BN statistic moved away from the pretrained value.
+    keys = [k for k in pre if k.startswith("backbone/") and "OPTIMIZER_SLOT" not in k
+            and ("kernel" in k or "moving" in k)]
+    assert len(keys) > 20
+    for key in keys:
+        assert not np.array_equal(pre[key], fine[key]), key
+
+
+def test_resume_trains_only_the_remaining_steps(pretrained, data_dir, tmp_path):
+    """From ckpt-4 to step 6: the step, the optimizer (iterations, Adam's slots), the head and
+    the input state are the checkpoint's; then only steps 5 and 6 train."""
+    model_dir = str(tmp_path / "resumed")
+    shutil.copytree(pretrained[0], model_dir)
+    ckpt = os.path.join(model_dir, "ckpt-4")
+    want = checkpoint_values(ckpt)
+    # Keras 3 keys: Adam's slots are optimizer/_variables/N (not zero after 4 steps).
+    slot_keys = [k for k in want if k.startswith("optimizer/_variables/")]
+    assert any(k.startswith("model/head/") for k in want)
+    assert slot_keys and all(np.any(want[k] != 0) for k in slot_keys)
+
+    # What the run starts from: job.build_restored, written back and compared with ckpt-4.
+    cfg, builders = train.job_from_gin(["experiments/demo_pretrain.gin"],
+                                       overrides(data_dir, **steps(6)), model_dir=model_dir)
+    strategy = tf.distribute.get_strategy()
+    parts, origin = job.build_restored(cfg, strategy, builders, config.check(cfg, strategy))
+    assert origin == f"checkpoint:{ckpt}"
+    assert int(parts.global_step.numpy()) == 4 and int(parts.optimizer.iterations.numpy()) == 4
+    assert len(slot_keys) >= len(parts.model.trainable_variables)  # Adam: m and v of each.
+    restored = checkpoint_values(parts.checkpoint.write(str(tmp_path / "restored" / "ckpt")))
+    assert restored.keys() == want.keys()
+    for key, value in want.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+    resumed = pretrain(data_dir, model_dir, **steps(6))
+    assert resumed["initialized_from"] == f"checkpoint:{ckpt}"
+    assert resumed["start_step"] == 4 and resumed["global_step"] == 6
+    final = tf.train.load_checkpoint(os.path.join(model_dir, "ckpt-6"))
+    iterations = [k for k in want if k.startswith("optimizer/_iterations/")]
+    assert len(iterations) == 1 and final.get_tensor(iterations[0]) == 6  # 4 restored + 2.
+
+
 def test_resume_order(pretrained, data_dir, tmp_path):
     pretrain_dir, _ = pretrained
-    # 1. A checkpoint in model_dir wins: the run continues from step 4 to 6.
-    resumed = pretrain(data_dir, pretrain_dir, **steps(6))
-    assert resumed["initialized_from"].endswith("ckpt-4") and resumed["global_step"] == 6
-    assert resumed["initialized_from"].startswith("checkpoint:")
+    # 1. A checkpoint in model_dir wins (test_resume_trains_only_the_remaining_steps).
     # 2. Else the warm start (backbone only): step counts from 0.
     lin_dir = str(tmp_path / "linear")
     first = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(2))
     assert first["initialized_from"].startswith("warm_start:") and first["global_step"] == 2
     # ... and once model_dir has its own checkpoint, that wins over the warm start.
     again = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(4))
-    assert again["initialized_from"].startswith("checkpoint:") and again["global_step"] == 4
+    assert again["initialized_from"] == f"checkpoint:{os.path.join(lin_dir, 'ckpt-2')}"
+    assert again["start_step"] == 2 and again["global_step"] == 4
     # 3. Else scratch.
     scratch = linear_eval(data_dir, str(tmp_path / "random"), "", **steps(2))
     assert scratch["initialized_from"] == "scratch"

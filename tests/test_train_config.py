@@ -1,12 +1,15 @@
-"""The start-up config check: refusals and warnings, one sentence naming the fix."""
+"""The start-up config check (refusals and warnings, one sentence naming the fix) and the model
+each mode builds."""
 import dataclasses
 
 import gin
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from cvrl_tf import checkpoints
 from cvrl_tf import config
+from cvrl_tf import models
 from cvrl_tf import train
 from cvrl_tf.config import ConfigError
 
@@ -148,3 +151,43 @@ def test_gin_includes_resolve_next_to_a_folder_named_like_a_gin_layer(tmp_path, 
     train.parse_gin(["experiments/demo_pretrain.gin"])
     assert gin.query_parameter("run.mode") == "pretrain"
     gin.clear_config()
+
+
+
+def _model(mode, classifier=""):
+    """The model config.build_model returns for a mode (and run.classifier), tiny backbone."""
+    tiny = dict(depth=50, base_filters=4, blocks_per_stage=(1, 1, 1, 1))
+    builders = config.Builders(
+        backbone=lambda: models.build_backbone(**tiny),
+        projection_head=lambda: models.projection_head(num_hidden=1, hidden_dim=8,
+                                                       output_dim=4),
+        finetune_classifier=lambda n: models.finetune_classifier(n, dropout_rate=0.0),
+        dataset=None)
+    cfg = dataclasses.replace(BASE, mode=mode, num_classes=5, classifier=classifier)
+    return config.build_model(cfg, builders)
+
+
+def test_build_model_linear_heads_classify_the_l2_normalized_frozen_feature():
+    """linear_eval (and evaluate's default head): the classifier's input is the backbone's
+    feature divided by its L2 norm, the backbone frozen; finetune: the raw feature, trained."""
+    clip = np.random.default_rng(0).random((3, 4, 16, 16, 3), dtype=np.float32)
+    for mode in ("linear_eval", "evaluate"):
+        model = _model(mode)
+        assert {id(v) for v in model.trainable_variables} == {
+            id(v) for v in model.classifier.trainable_variables}, mode
+        out = model(clip, training=True)
+        feature = out["feature"].numpy()
+        np.testing.assert_allclose(feature, model.backbone(clip, training=False), atol=1e-6)
+        norms = np.linalg.norm(feature, axis=-1, keepdims=True)
+        assert np.all(np.abs(norms - 1.0) > 0.1), norms  # Normalizing changes the input.
+        want = model.classifier(feature / norms).numpy()
+        np.testing.assert_allclose(out["logits"], want, rtol=1e-5, atol=1e-6, err_msg=mode)
+        assert not np.allclose(out["logits"], model.classifier(feature), atol=1e-3)
+    for mode, classifier in (("finetune", ""), ("evaluate", "finetune")):
+        model = _model(mode, classifier)
+        assert len(model.trainable_variables) == (len(model.backbone.trainable_variables)
+                                                  + len(model.classifier.trainable_variables))
+        assert len(model.backbone.trainable_variables) > 10
+        out = model(clip, training=False)
+        np.testing.assert_allclose(out["logits"], model.classifier(out["feature"]), rtol=1e-5,
+                                   atol=1e-6, err_msg=f"{mode} {classifier}")

@@ -35,6 +35,9 @@ DEVICE_AUGMENT = "cvrl_tf/data/device_augment.py"
 TEMPORAL = "cvrl_tf/data/temporal.py"
 LOSSES = "cvrl_tf/losses.py"
 JOB = "cvrl_tf/job.py"
+CONFIG = "cvrl_tf/config.py"
+EVALUATION = "cvrl_tf/evaluation.py"
+STEPS = "cvrl_tf/steps.py"
 SERVICE = "cvrl_tf/data/service.py"
 SERVICE_TESTS = "tests/test_service.py"
 PRETRAIN_TESTS = "tests/test_pipeline_pretrain.py"
@@ -45,6 +48,18 @@ VIEWS = (f"{PRETRAIN_TESTS}::"
          "test_view_1_always_blurred_view_2_blur_and_solarize_probabilities")
 TRAIN_CROP = (f"{PRETRAIN_TESTS}::"
               "test_train_mode_is_exactly_crop_resize_and_flip_of_the_decoded_frames")
+TRAIN_TESTS = "tests/test_train.py"
+RESUME = f"{TRAIN_TESTS}::test_resume_trains_only_the_remaining_steps"
+LINEAR_FROZEN = f"{TRAIN_TESTS}::test_linear_eval_freezes_the_warm_started_backbone"
+FINETUNE = f"{TRAIN_TESTS}::test_finetune_from_a_warm_start_trains_the_backbone"
+EVALUATE = f"{TRAIN_TESTS}::test_evaluate_reproduces_the_linear_eval_runs_final_top1"
+EVALUATE_COUNTS = (f"{TRAIN_TESTS}::"
+                   "test_evaluate_counts_every_view_of_a_discriminating_checkpoint")
+CONTINUOUS = (f"{TRAIN_TESTS}::"
+              "test_continuous_evaluation_picks_up_a_checkpoint_written_after_it_started")
+PROBE_TOP1 = f"{TRAIN_TESTS}::test_pretrain_writes_checkpoints_config_results"
+BUILD_MODEL = ("tests/test_train_config.py::"
+               "test_build_model_linear_heads_classify_the_l2_normalized_frozen_feature")
 
 MULTIWORKER_RUN = "tests/test_multiworker.py::test_two_workers_pretrain_together"
 MULTIWORKER_IDS = ("tests/test_multiworker.py::"
@@ -115,11 +130,36 @@ MUTATIONS: Tuple[Mutation, ...] = (
              (MULTIWORKER_RUN,),
              "a two-worker pretraining run's num_candidates is what info_nce gathered (2N)"),
     Mutation("checkpoint-without-step", JOB,
-             "optimizer=optimizer,\n                                     step=global_step)",
-             "optimizer=optimizer)",
-             ("tests/test_train.py::test_resume_trains_only_the_remaining_steps",),
-             "a resumed run continues from the checkpoint's step",
-             pending="needs the resume test that checks the start step (issue 13)"),
+             "step=global_step, input=input_state)", "input=input_state)",
+             (RESUME,), "a resumed run continues from the checkpoint's step"),
+    Mutation("checkpoint-without-optimizer", JOB,
+             "model=model, optimizer=optimizer,\n", "model=model,\n",
+             (RESUME,), "a resumed run restores the optimizer's iterations and slots"),
+    Mutation("linear-eval-unnormalized-feature", CONFIG,
+             "freeze_backbone=True, l2_normalize=True)",
+             "freeze_backbone=True, l2_normalize=False)",
+             (BUILD_MODEL,), "linear evaluation classifies the L2-normalized feature"),
+    Mutation("linear-eval-trains-the-backbone", CONFIG,
+             "freeze_backbone=True, l2_normalize=True)",
+             "freeze_backbone=False, l2_normalize=True)",
+             (LINEAR_FROZEN,), "linear evaluation keeps the warm-started backbone frozen"),
+    Mutation("finetune-freezes-the-backbone", CONFIG,
+             "freeze_backbone=False, l2_normalize=False)",
+             "freeze_backbone=True, l2_normalize=False)",
+             (FINETUNE,), "fine-tuning trains the warm-started backbone"),
+    Mutation("evaluate-restores-the-backbone-only", EVALUATION,
+             "tf.train.Checkpoint(backbone=model.backbone, model=model, step=step)",
+             "tf.train.Checkpoint(backbone=model.backbone, step=step)",
+             (EVALUATE, EVALUATE_COUNTS),
+             "mode 'evaluate' on a checkpoint reproduces the run's own final top-1"),
+    Mutation("continuous-eval-misses-new-checkpoints", EVALUATION,
+             "yield from tf.train.checkpoints_iterator(source, timeout=cfg.eval_timeout)",
+             "yield from filter(None, [tf.train.latest_checkpoint(source)])",
+             (CONTINUOUS,), "continuous evaluation picks up checkpoints written after it started"),
+    Mutation("eval-step-in-training-mode", STEPS,
+             "logits = _logits(model(clips, training=False))",
+             "logits = _logits(model(clips, training=True))",
+             (PROBE_TOP1,), "evaluation runs the model in inference mode (BN moving statistics)"),
     Mutation("training-data-without-input-context", JOB,
              "cfg.crop_size, ctx, seed=None if served else cfg.seed,",
              "cfg.crop_size, None, seed=None if served else cfg.seed,",
