@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import checkpoints
 from cvrl_tf.data import synthetic
 
 pytestmark = pytest.mark.slow
@@ -99,7 +100,9 @@ def test_killed_run_resumes_exactly(data_dir, tmp_path):
         proc.wait(timeout=60)
     finally:
         log.close()
-    interrupted_at = int(tf.train.latest_checkpoint(killed).rsplit("-", 1)[1])
+    # The newest intact checkpoint, what the resumed run starts from (the kill may come between
+    # a checkpoint's files and the state file naming it).
+    interrupted_at = int(checkpoints.latest_good(killed)[0].rsplit("-", 1)[1])
     assert proc.returncode == -signal.SIGKILL and 2 <= interrupted_at < steps
 
     out = run(command(data_dir, killed, steps), tmp_path / "resumed.log")

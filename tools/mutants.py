@@ -54,7 +54,7 @@ LINEAR_FROZEN = f"{TRAIN_TESTS}::test_linear_eval_freezes_the_warm_started_backb
 FINETUNE = f"{TRAIN_TESTS}::test_finetune_from_a_warm_start_trains_the_backbone"
 EVALUATE = f"{TRAIN_TESTS}::test_evaluate_reproduces_the_linear_eval_runs_final_top1"
 EVALUATE_COUNTS = (f"{TRAIN_TESTS}::"
-                   "test_evaluate_counts_every_view_of_a_discriminating_checkpoint")
+                   "test_evaluate_counts_exactly_on_a_discriminating_checkpoint")
 CONTINUOUS = (f"{TRAIN_TESTS}::"
               "test_continuous_evaluation_picks_up_a_checkpoint_written_after_it_started")
 PROBE_TOP1 = f"{TRAIN_TESTS}::test_pretrain_writes_checkpoints_config_results"
