@@ -96,10 +96,10 @@ def test_workers_serve_every_video_once_per_epoch_fields_unchanged(data_dir, clu
     served = service.distribute(built, address.replace("grpc://", ""))
     assert served.element_spec == built.element_spec
     ids = []
-    for batch in served:
-        half = batch["id"].shape[0] // 2  # Rows i and i + B are the two clips of one video.
-        np.testing.assert_array_equal(batch["id"][:half], batch["id"][half:])
-        ids += [i.decode() for i in batch["id"][:half].numpy()]
+    for batch in served:  # Per video (augment_on='device'): both clips of a video in one row.
+        assert batch["video"].shape[0] == batch["id"].shape[0]
+        assert batch["video"].shape[1] == 2
+        ids += [i.decode() for i in batch["id"].numpy()]
     assert sorted(ids) == _video_ids(data_dir)  # Each video exactly once.
     assert all(w._num_tasks() > 0 for w in workers)  # pylint: disable=protected-access
 
