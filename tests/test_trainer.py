@@ -90,3 +90,28 @@ def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, capsys):
     traces = glob.glob(os.path.join(tmp_path, "plugins", "profile", "*", "*.xplane.pb"))
     assert len(traces) == 1
     assert "Profiled steps 2-4: open" in capsys.readouterr().out
+
+
+def test_evaluator_divides_summed_counts_once_so_a_partial_last_batch_weighs_right():
+    labels = np.array([0, 1, 2, 0, 1, 2, 0], np.int32)     # 7 videos: batches of 3, 3, 1
+    predicted = np.array([0, 1, 0, 0, 2, 2, 1], np.int32)  # correct: 1 1 0 | 1 0 1 | 0
+
+    def dataset_fn(ctx=None):
+        return tf.data.Dataset.from_tensor_slices(
+            {"video": predicted, "label": labels}).batch(3)  # 'video': the predicted class
+
+    def replica_step(batch):
+        hit = tf.cast(tf.equal(batch["label"], batch["video"]), tf.float32)
+        return {"count": tf.cast(tf.size(hit), tf.float32), "top1_correct": tf.reduce_sum(hit),
+                "top5_correct": tf.cast(tf.size(hit), tf.float32)}
+
+    evaluator = trainer_lib.Evaluator(strategy=tf.distribute.get_strategy(),
+                                      dataset_fn=dataset_fn, replica_step=replica_step,
+                                      prefix="val_")
+    out = evaluator.evaluate(tf.constant(-1))
+    assert out == {"val_top1": 4 / 7, "val_top5": 1.0, "val_num_examples": 7.0}
+    empty = trainer_lib.Evaluator(strategy=tf.distribute.get_strategy(),
+                                  dataset_fn=lambda ctx=None: dataset_fn().take(0),
+                                  replica_step=replica_step)
+    with pytest.raises(ValueError, match="saw no examples"):
+        empty.evaluate(tf.constant(-1))
