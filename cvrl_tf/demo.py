@@ -68,8 +68,7 @@ def ensure_data(data_dir: str, num_train: int, num_eval: int) -> None:
 def _phase(name: str, gin_file: str, params: Sequence[str], pretrain: bool
            ) -> demo_clock.Phase:
     """Steps and clips per step of one run, read from its gin config."""
-    train.parse_gin([gin_file], params)
-    cfg = train.job_config("")
+    cfg, _ = train.job_from_gin([gin_file], params, model_dir="")
     steps = config.schedule(cfg).total
     return demo_clock.Phase(name, steps, cfg.global_batch_size * (2 if pretrain else 1))
 
