@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cvrl_tf_installed
 DEMO_DIR ?= runs/demo
-PYTEST_ARGS ?=
+# Two processes, a file each at a time (tests/conftest.py orders the longest files first).
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test bench clean venv
 

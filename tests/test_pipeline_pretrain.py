@@ -38,10 +38,13 @@ def _pretrain_pairs(path: str, num_videos: int, num_frames: int, stride: int, cr
     """
     ds = build_dataset(path, "pretrain", batch, num_frames, stride, crop, seed=seed,
                        shuffle_buffer=1, **kwargs)
+    # augment_on='device': what the train step does, traced as there (eagerly, op by op, it
+    # took most of these tests' time).
+    augment = tf.function(device_augment.augment_batch)
     pairs = []
     for element in ds.take(-(-num_videos // batch)):
-        if element["video"].dtype == tf.uint8:  # augment_on='device': what the train step does.
-            element = device_augment.augment_batch(element)
+        if element["video"].dtype == tf.uint8:
+            element = augment(element)
         video = element["video"].numpy()
         pairs.append(np.stack([video[:batch], video[batch:]], axis=1))
     return np.concatenate(pairs)[:num_videos]

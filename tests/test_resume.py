@@ -1,6 +1,8 @@
-"""A run survives being killed or preempted: exact resume (same videos, same augmentation,
-same final weights) after SIGKILL, and a clean save-and-exit on SIGTERM. Real processes of
-`python -m cvrl_tf.train` on the demo experiment with the tiny model."""
+"""A run survives being preempted and killed: a clean save-and-exit on SIGTERM, then exact
+resume (same videos, same augmentation, same final weights) after SIGKILL. Real processes of
+`python -m cvrl_tf.train` on the demo experiment with the tiny model: one run straight, and
+beside it the same command preempted, restarted, killed and restarted again (SIGINT, the other
+notice, is checked in tests/test_preemption.py)."""
 import glob
 import json
 import os
@@ -84,80 +86,86 @@ def results(model_dir):
         return json.load(f)
 
 
-def test_killed_run_resumes_exactly(data_dir, tmp_path):
-    steps = 16
+def _wait_for_checkpoint_after(proc, model_dir, step, deadline):
+    """Waits until a checkpoint numbered above `step` is in model_dir; returns its number."""
+    while True:
+        done = [int(p.rsplit("-", 1)[1].split(".")[0])
+                for p in glob.glob(os.path.join(model_dir, "ckpt-*.index"))]
+        if any(n > step for n in done):
+            return max(done)
+        assert proc.poll() is None, "the run ended before it was interrupted"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def _stop(proc, log, sig):
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        log.close()
+
+
+def test_preempted_then_killed_run_resumes_exactly(data_dir, tmp_path):
+    steps = 20
     straight = str(tmp_path / "straight")
-    run(command(data_dir, straight, steps), tmp_path / "straight.log")
-
-    killed = str(tmp_path / "killed")
-    proc, log = start(command(data_dir, killed, steps), tmp_path / "killed.log")
+    straight_proc, straight_log = start(command(data_dir, straight, steps),
+                                        tmp_path / "straight.log")
     deadline = time.time() + TIME_LIMIT
-    try:
-        while not glob.glob(os.path.join(killed, "ckpt-2.index")) and proc.poll() is None:
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        log.close()
-    # The newest intact checkpoint, what the resumed run starts from (the kill may come between
-    # a checkpoint's files and the state file naming it).
-    interrupted_at = int(checkpoints.latest_good(killed)[0].rsplit("-", 1)[1])
-    assert proc.returncode == -signal.SIGKILL and 2 <= interrupted_at < steps
 
-    out = run(command(data_dir, killed, steps), tmp_path / "resumed.log")
-    resumed = results(killed)
-    assert resumed["initialized_from"].endswith(f"ckpt-{interrupted_at}")
-    assert resumed["start_step"] == interrupted_at and resumed["global_step"] == steps
-    assert "resumes its data stream exactly" in out or interrupted_at == 0
-
-    # The same videos, step by step, and the same final weights (run.deterministic=True).
-    want, got = ids_by_step(straight), ids_by_step(killed)
-    assert sorted(want) == list(range(steps)) and got == want
-    straight_weights, killed_weights = weights(straight), weights(killed)
-    assert len(straight_weights) > 20 and straight_weights.keys() == killed_weights.keys()
-    for name, value in straight_weights.items():
-        if value.dtype.kind == "f":
-            np.testing.assert_allclose(killed_weights[name], value, rtol=0, atol=1e-5,
-                                       err_msg=name)
-        else:
-            np.testing.assert_array_equal(killed_weights[name], value, err_msg=name)
-
-
-def test_sigterm_saves_the_step_and_exits_0_then_resumes_there(data_dir, tmp_path):
-    model_dir = str(tmp_path / "preempted")
-    args = command(data_dir, model_dir, 100000)
-    proc, log = start(args, tmp_path / "first.log")
-    deadline = time.time() + TIME_LIMIT
-    try:
-        while not glob.glob(os.path.join(model_dir, "ckpt-2.index")) and proc.poll() is None:
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
-        sent = time.time()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        log.close()
-    with open(tmp_path / "first.log") as f:
+    # 1. SIGTERM (a spot TPU's preemption notice) after checkpoint 2: the run saves the step it
+    # reached and exits 0 with one line naming it.
+    model_dir = str(tmp_path / "interrupted")
+    args = command(data_dir, model_dir, steps)
+    proc, log = start(args, tmp_path / "preempted.log")
+    _wait_for_checkpoint_after(proc, model_dir, 0, deadline)
+    sent = time.time()
+    _stop(proc, log, signal.SIGTERM)
+    with open(tmp_path / "preempted.log") as f:
         out = f.read()
     assert proc.returncode == 0, out[-3000:]
-    first = results(model_dir)
-    step = first["global_step"]
-    assert first["preempted"] and step < 100000
-    assert f"Preempted: saved the checkpoint of step {step}" in out
-    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{step}")
     assert time.time() - sent < 60
+    first = results(model_dir)
+    preempted_at = first["global_step"]
+    assert first["preempted"] and 2 <= preempted_at < steps - 2, out[-3000:]
+    assert f"Preempted: saved the checkpoint of step {preempted_at}" in out
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{preempted_at}")
 
-    proc, log = start(args, tmp_path / "second.log")  # The same command continues from there.
+    # 2. The same command continues from that step; SIGKILL it after its next checkpoint.
+    proc, log = start(args, tmp_path / "killed.log")
+    _wait_for_checkpoint_after(proc, model_dir, preempted_at, deadline)
+    _stop(proc, log, signal.SIGKILL)
+    with open(tmp_path / "killed.log") as f:
+        out = f.read()
+    assert proc.returncode == -signal.SIGKILL
+    assert f"Initialized from checkpoint:{os.path.join(model_dir, f'ckpt-{preempted_at}')}" in out
+    assert f"step:{preempted_at:>7} | training until step {steps}" in out, out[-3000:]
+    # The newest intact checkpoint, what the next run starts from (the kill may come between
+    # a checkpoint's files and the state file naming it).
+    interrupted_at = int(checkpoints.latest_good(model_dir)[0].rsplit("-", 1)[1])
+    assert preempted_at < interrupted_at < steps
+
+    # 3. Again the same command: it trains only the remaining steps.
+    out = run(args, tmp_path / "resumed.log")
+    resumed = results(model_dir)
+    assert resumed["initialized_from"].endswith(f"ckpt-{interrupted_at}")
+    assert resumed["start_step"] == interrupted_at and resumed["global_step"] == steps
+    assert "resumes its data stream exactly" in out
+
+    # The same videos, step by step, and the same final weights (run.deterministic=True) as
+    # the run that was never interrupted.
     try:
-        while "step " + str(step + 2) not in open(tmp_path / "second.log").read():
-            assert proc.poll() is None and time.time() < deadline, "the second run stopped"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        straight_proc.wait(timeout=max(1, deadline - time.time()))
     finally:
-        log.close()
-    second = results(model_dir)
-    assert proc.returncode == 0 and second["preempted"]
-    assert second["start_step"] == step and second["initialized_from"].endswith(f"ckpt-{step}")
-    assert second["global_step"] > step
+        straight_log.close()
+    assert straight_proc.returncode == 0, open(tmp_path / "straight.log").read()[-3000:]
+    want, got = ids_by_step(straight), ids_by_step(model_dir)
+    assert sorted(want) == list(range(steps)) and got == want
+    straight_weights, resumed_weights = weights(straight), weights(model_dir)
+    assert len(straight_weights) > 20 and straight_weights.keys() == resumed_weights.keys()
+    for name, value in straight_weights.items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(resumed_weights[name], value, rtol=0, atol=1e-5,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(resumed_weights[name], value, err_msg=name)

@@ -54,6 +54,9 @@ def _one_vs_two_replicas(strategy, make_model, steps: int, lr: float, b: int = 2
     """Variables before, after `steps` on 1 replica (2b videos) and on 2 replicas (b each)."""
     view1, view2 = _videos(2 * b, 0), _videos(2 * b, 1)
     labels = np.arange(2 * b) % 3
+    # A fixed initialization: the round-off bound below holds for the draws measured (update
+    # differences 8e-7 to 4e-5 of the largest update over 12 seeds), not for every draw.
+    keras.utils.set_random_seed(0)
 
     single = make_model()
     initial = single.get_weights()

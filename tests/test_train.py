@@ -345,17 +345,18 @@ def test_resume_trains_only_the_remaining_steps(pretrained, data_dir, tmp_path):
     assert len(iterations) == 1 and final.get_tensor(iterations[0]) == 6  # 4 restored + 2.
 
 
-def test_resume_order(pretrained, data_dir, tmp_path):
+def test_resume_order(pretrained, linear, data_dir, tmp_path):
     pretrain_dir, _ = pretrained
     # 1. A checkpoint in model_dir wins (test_resume_trains_only_the_remaining_steps).
-    # 2. Else the warm start (backbone only): step counts from 0.
-    lin_dir = str(tmp_path / "linear")
-    first = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(2))
-    assert first["initialized_from"].startswith("warm_start:") and first["global_step"] == 2
+    # 2. Else the warm start (backbone only): step counts from 0 (the `linear` run).
+    first_dir, first = linear
+    assert first["initialized_from"].startswith("warm_start:") and first["start_step"] == 0
     # ... and once model_dir has its own checkpoint, that wins over the warm start.
-    again = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(4))
-    assert again["initialized_from"] == f"checkpoint:{os.path.join(lin_dir, 'ckpt-2')}"
-    assert again["start_step"] == 2 and again["global_step"] == 4
+    lin_dir = str(tmp_path / "linear")
+    shutil.copytree(first_dir, lin_dir)
+    again = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(6))
+    assert again["initialized_from"] == f"checkpoint:{os.path.join(lin_dir, 'ckpt-4')}"
+    assert again["start_step"] == 4 and again["global_step"] == 6
     # 3. Else scratch.
     scratch = linear_eval(data_dir, str(tmp_path / "random"), "", **steps(2))
     assert scratch["initialized_from"] == "scratch"

@@ -131,7 +131,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "a two-worker pretraining run's num_candidates is what info_nce gathered (2N)"),
     Mutation("resume-ignores-input-positions", JOB,
              "start_positions=None if served else start_positions)", "start_positions=None)",
-             ("tests/test_resume.py::test_killed_run_resumes_exactly",),
+             ("tests/test_resume.py::test_preempted_then_killed_run_resumes_exactly",),
              "a resumed run reads the videos the uninterrupted run would have read next"),
     Mutation("bad-records-refused-in-training", PIPELINE,
              "skip = training if skip_bad_records is None else skip_bad_records",
