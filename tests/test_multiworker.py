@@ -201,12 +201,8 @@ def test_one_process_two_replicas_give_the_same_first_step_loss(two_workers, dat
     replica i gets input pipeline i's first batch (what worker i read), the model starts from
     the same seed; the first step's loss (before any update) matches the chief's summary."""
     strategy = two_replica_strategy
-    train.parse_gin([GIN_FILE], two_workers["params"])
-    cfg = train.job_config(str(tmp_path / "one_process"))
-    builders = config.Builders(backbone=train.build_backbone,
-                               projection_head=train.projection_head,
-                               finetune_classifier=train.finetune_classifier,
-                               dataset=train.build_dataset, config_str=train.gin.config_str)
+    cfg, builders = train.job_from_gin([GIN_FILE], two_workers["params"],
+                                       str(tmp_path / "one_process"))
     schedule = config.check(cfg, strategy)
     with job._determinism(cfg):  # pylint: disable=protected-access
         parts = job._build(cfg, strategy, builders, schedule)  # pylint: disable=protected-access

@@ -87,12 +87,12 @@ def results(model_dir):
 
 
 def _wait_for_checkpoint_after(proc, model_dir, step, deadline):
-    """Waits until a checkpoint numbered above `step` is in model_dir; returns its number."""
+    """Waits until a checkpoint numbered above `step` is in model_dir."""
     while True:
         done = [int(p.rsplit("-", 1)[1].split(".")[0])
                 for p in glob.glob(os.path.join(model_dir, "ckpt-*.index"))]
         if any(n > step for n in done):
-            return max(done)
+            return
         assert proc.poll() is None, "the run ended before it was interrupted"
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
