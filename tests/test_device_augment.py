@@ -119,7 +119,8 @@ def test_paper_probabilities_over_many_seeds(op, view, prob):
         lambda seed: da.draw_params(seed, view, S, **kwargs), s,
         fn_output_signature=tf.TensorSpec([WIDTH], tf.float32)))(seeds)
     x = np.tile(_clips(n=1, t=1).numpy(), [NUM_SEEDS, 1, 1, 1, 1])
-    applied = _applied(op, da.apply_params(x, rows).numpy(), x)
+    # In a tf.function, as in the train step: eagerly, the per-clip loop runs op by op.
+    applied = _applied(op, tf.function(da.apply_params)(x, rows).numpy(), x)
     frequency = applied.mean()
     if prob in (0.0, 1.0):
         assert frequency == prob

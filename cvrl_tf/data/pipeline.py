@@ -54,6 +54,10 @@ def _tfds_examples(file_pattern: str, input_context, data_dir: Optional[str]):
     return tfds_source.tfds_examples(name, split, input_context=input_context, data_dir=data_dir)
 
 
+# The pipeline is plain graph code (tf.cond and tf.where, no Python control flow on tensors), so
+# tf.data need not run AutoGraph on its functions: do_not_convert switches it off for every
+# function made while building (about 1-2 s of each process's start-up; docs/DESIGN.md).
+@tf.autograph.experimental.do_not_convert
 def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_batch_size: int,
                   num_frames: int, stride: int, crop_size: int,
                   input_context: Optional[tf.distribute.InputContext] = None, *,
@@ -166,13 +170,18 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
         return dict(element, status=status,
                     reason=checks.reason(element, status, clip_span, num_classes))
 
-    specs = ds.map(checked).map(clips_of).element_spec  # Traced only, to shape the blanks.
+    # clips_of is traced once: its outputs shape the blank clips of a bad record, and process
+    # calls the same graph (a second trace cost about a third of a pipeline's start-up).
+    clips_graph = tf.function(clips_of, autograph=False).get_concrete_function(
+        ds.map(checked).element_spec)
+    specs = {k: tf.TensorSpec(v.shape, v.dtype)
+             for k, v in clips_graph.structured_outputs.items()}
 
     def blank():  # Zero clips for a record that has none (built in-graph, never captured).
         return {k: tf.zeros(spec.shape, spec.dtype) for k, spec in specs.items()}
 
     def process(element):
-        clips = tf.cond(element["status"] > 0, blank, lambda: clips_of(element))
+        clips = tf.cond(element["status"] > 0, blank, lambda: clips_graph(element))
         return _element(element, clips)
 
     def undecodable(element):
