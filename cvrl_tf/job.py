@@ -311,6 +311,6 @@ def _first_batch(dataset_fn: Callable, replicas: int) -> tf.Tensor:
     ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                      num_replicas_in_sync=replicas)
     batch = next(iter(dataset_fn(ctx).take(1)))
-    if device_augment.PARAMS_KEY in batch:
-        batch = device_augment.augment_batch(batch)
+    if device_augment.PARAMS_KEY in batch:  # Eagerly, the batched form is the fast one.
+        batch = device_augment.augment_batch(batch, batched=True)
     return batch["video"]

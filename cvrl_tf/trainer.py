@@ -151,13 +151,20 @@ class Trainer(orbit.StandardTrainer):
         self.last_output: dict = {}
 
     def create_train_loop_fn(self):
-        """Up to num_steps steps in one tf.function; ends early once a stop was agreed."""
+        """Up to num_steps steps in one tf.function; ends early once a stop was agreed.
+
+        A tf.while_loop written out, so the function needs no AutoGraph: the step code is plain
+        graph code, and converting it cost a second or two of every run's start-up."""
         def loop(iterator, num_steps):
-            for _ in tf.range(num_steps):
-                if self._stop_agreed:
-                    break
+            def more(i):
+                return tf.logical_and(i < num_steps, tf.logical_not(self._stop_agreed))
+
+            def step(i):
                 self.train_step(iterator)
-        return tf.function(loop)
+                return i + 1
+
+            tf.while_loop(more, step, [tf.zeros_like(num_steps)])
+        return tf.function(loop, autograph=False)
 
     def _next_batch(self, iterator):
         """Dequeues one distributed batch and times the wait (host clock; not under TF op
