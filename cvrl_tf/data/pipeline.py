@@ -91,8 +91,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     (one row per clip; [N, T, width] with consistent=False) drawn here from the seeds above;
     the train step turns them into the same float32 clips with device_augment.augment_batch
     (steps.make_pretrain_step does), which in pretraining also lays out the [2B] rows.
-    Default: 'device' in mode 'pretrain', 'host' otherwise ('eval' has no random augmentation
-    and refuses 'device').
+    Default: 'device' in mode 'pretrain', 'host' otherwise. Mode 'eval' has no augmentation and
+    ignores it (one gin binding can set it for a run's training and eval data alike).
     Training modes also yield, per video: 'id_hash' int32 (`id_hash` of the id), 'position'
     int32 [source.POSITION_SIZE] (where the stream stood), 'skipped' int32 [len(CAUSES)] and
     'last_bad' int32 [len(CAUSES), 3] (checks.py). `start_positions`: positions a previous run
@@ -110,10 +110,9 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                          f"arguments are {spatial.AUGMENT_KWARGS}.")
     temporal.check_distribution(distribution, power)
     augment_on = augment_on or ("device" if mode == "pretrain" else "host")
-    if augment_on not in AUGMENT_ON or (mode == "eval" and augment_on == "device"):
-        raise ValueError(f"augment_on must be one of {AUGMENT_ON} ('host' in mode 'eval'), got "
-                         f"{augment_on!r} in mode {mode!r}.")
-    on_device = augment_on == "device"
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}.")
+    on_device = augment_on == "device" and mode != "eval"  # Eval clips have nothing to augment.
     if min(num_frames, stride, crop_size, global_batch_size) < 1:
         raise ValueError("num_frames, stride, crop_size and global_batch_size must be >= 1, got "
                          f"{num_frames}, {stride}, {crop_size}, {global_batch_size}.")
