@@ -94,7 +94,7 @@ def _assert_same_updates(initial, want, got, paths, tolerance):
     """Updates w - w0 agree to tolerance x each variable's largest update.
 
     Float32 round-off of w itself (and thread-order sums) is up to ~1e-4 of small updates
-    (measured with the stand-in: 8e-7 to 4e-5 of the largest update over 12 initializations;
+    (measured over 12 initializations: 8e-7 to 4e-5 of the largest update;
     the suite's is fixed by conftest's seed); a wrong replica scaling is off by 50% or more.
     """
     for w0, w_want, w_got, path in zip(initial, want, got, paths):
