@@ -49,6 +49,12 @@ def iterator_bytes(buffer: int, record_bytes: int) -> int:
             for _ in range(buffer + 8):
                 writer.write(rng.integers(0, 256, record_bytes, dtype=np.uint8).tobytes())
         dataset = tf.data.TFRecordDataset(path).shuffle(buffer, seed=0).repeat()
+        # No prefetch injected by tf.data's optimizer: its background fill would add a varying
+        # number of records to the checkpoint, depending on how far it got before the save.
+        options = tf.data.Options()
+        options.experimental_optimization.inject_prefetch = False
+        options.autotune.enabled = False
+        dataset = dataset.with_options(options)
         iterator = iter(dataset)
         next(iterator)  # Fills the buffer.
         ckpt_dir = os.path.join(tmp, "ckpt")
