@@ -226,7 +226,8 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
             # evaluator, checkpoints every interval and on a preemption notice.
             positions = (parts.input_state.positions.numpy()
                          if origin.startswith("checkpoint:") else None)
-            dataset_fn = _train_dataset_fn(cfg, builders, positions)
+            made = []  # The datasets the trainer's strategy made: one per input pipeline here.
+            dataset_fn = _recorded(_train_dataset_fn(cfg, builders, positions), made)
             stop_flag = tf.Variable(False, trainable=False, name="preemption_notice")
             train = _trainer(cfg, strategy, parts, dataset_fn, schedule, jit, stop_flag)
             evaluator = None
@@ -249,9 +250,8 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
                 eval_summary_dir=os.path.join(cfg.model_dir, "eval") if chief else None)
             if chief:
                 if cfg.image_summaries and start_step == 0:
-                    summaries.write_clip_images(
-                        summary_dir, _first_batch(dataset_fn, strategy.num_replicas_in_sync),
-                        pretrain=pretrain)
+                    summaries.write_clip_images(summary_dir, _first_batch(made[0]),
+                                                pretrain=pretrain)
                 summaries.write_config(cfg.model_dir, summary_dir, builders.config_str())
             eval_output, preempted = None, False
             try:
@@ -305,12 +305,21 @@ def weights_digest(variables) -> str:
     return sha.hexdigest()
 
 
-def _first_batch(dataset_fn: Callable, replicas: int) -> tf.Tensor:
-    """The video of one per-replica batch as the model sees it, for the image summaries (no
-    strategy involved; device-side augmentation applied here)."""
-    ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
-                                     num_replicas_in_sync=replicas)
-    batch = next(iter(dataset_fn(ctx).take(1)))
+def _recorded(dataset_fn: Callable, made: list) -> Callable:
+    """dataset_fn, appending each dataset it makes to `made`."""
+    def recording_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = dataset_fn(ctx)
+        made.append(dataset)
+        return dataset
+    return recording_fn
+
+
+def _first_batch(dataset: tf.data.Dataset) -> tf.Tensor:
+    """The video of the first per-replica batch of this process's training dataset, as the
+    model sees it (device-side augmentation applied here), for the image summaries. A new
+    iterator over the dataset the trainer already built: no second pipeline to build and trace,
+    and the trainer's own iterator is left untouched."""
+    batch = next(iter(dataset.take(1)))
     if device_augment.PARAMS_KEY in batch:  # Eagerly, the batched form is the fast one.
         batch = device_augment.augment_batch(batch, batched=True)
     return batch["video"]

@@ -18,6 +18,11 @@ try:
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # Devices already initialized by an earlier import.
     pass
+# No Grappler rewrites of the tf.functions run in the test processes: they change how fast a
+# graph runs, not what it computes, and cost each tiny run 2-4 s of start-up (about a tenth of
+# the in-process tests' CPU time). Runs in subprocesses (resume, multi-worker, service, the
+# command line) keep TensorFlow's defaults, as users get them.
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 @pytest.fixture(autouse=True)
