@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from bench import input_pipeline, kinetics_like, train_step
+from bench import input_pipeline, kinetics_like, machine_factor, train_step
 
 
 def _result(output: str) -> dict:
@@ -52,3 +52,17 @@ def test_input_state_bench_grows_with_the_buffer_only_for_the_iterator(capsys):
     assert 0.8 * 20_000 <= result["iterator_bytes_per_record"] < 1.05 * 20_000
     assert result["input_state_bytes"] < 2_000 and input_state.input_state_bytes(
         4) == result["input_state_bytes"]
+
+
+def test_machine_factor_measures_here_and_divides_by_the_reference():
+    step = machine_factor.measure_step(width=4, batch=2, steps=1, repeats=1)
+    assert step["trace_s"] > 0 and step["clips_per_s"] > 0
+    assert machine_factor.python_seconds(1000) > 0
+    assert all(machine_factor.REFERENCE.values())  # Every reference figure was measured.
+    reference = dict(machine_factor.REFERENCE, python_s=1.0, trace_s=2.0, eigen_clips_per_s=210.0,
+                     onednn_clips_per_s=600.0, make_test_s=300.0, make_demo_s=180.0)
+    slower = {"python_s": 2.5, "trace_s": 4.0, "eigen_clips_per_s": 70.0,
+              "onednn_clips_per_s": 200.0}
+    assert machine_factor.factors(slower, reference) == pytest.approx(
+        {"python_factor": 2.5, "trace_factor": 2.0, "eigen_factor": 3.0, "onednn_factor": 3.0,
+         "est_make_test_min": 12.5, "est_make_demo_min": 9.0})

@@ -1,15 +1,16 @@
 #!/bin/bash
-# Runs a command as if every core of this machine were about 2.7x slower, to check time goals
-# meant for slower machines (the demo's and the suite's 10 minutes on AVX2-only 2-core CPUs):
+# Runs a command as on the slow kind of 2-core machine (an AVX2-only AMD EPYC), to check time
+# goals meant for it (the demo's and the suite's 10 minutes):
 #   tools/slow_cpu.sh make demo
 #   tools/slow_cpu.sh make test
-# How: one busy loop pinned to each core at nice 0, the command at nice SLOW_NICE (default 3).
-# The scheduler then gives each of the command's threads about a third of a core
-# (CFS weights 526 vs 1024); a pure-Python loop measured 2.74x slower on a 2-core AMD EPYC.
-# Pessimistic for code that hands work between threads (collectives, tf.data, thread pools):
-# a woken thread waits for the busy loop's time slice, so such code slows down more than 2.7x.
-# Not an emulation of any particular CPU: the slow machines' kernels (AVX2 instead of
-# AVX-512) and caches differ in ways a scheduler cannot mimic. docs/DESIGN.md has the numbers.
+# How: one busy loop pinned to each core at nice 0, the command at nice SLOW_NICE (default 3):
+# the scheduler gives each of the command's threads about a third of a core (CFS weights 526
+# vs 1024; a pure-Python loop measured 2.74x slower on a 2-core AMD EPYC). And oneDNN limited
+# to its AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2 unless set; SLOW_ISA=ALL keeps this CPU's).
+# With both, `python -m bench.machine_factor` measured the issue's bare train step at 68
+# clips/s with oneDNN off and 159 with it on; the AVX2-only EPYC gave 66-83 and 160-186
+# (docs/DESIGN.md). Code that hands work between threads (collectives, tf.data, thread pools)
+# slows more than compute does: a woken thread waits for the busy loop's time slice.
 set -u
 if [ $# -eq 0 ]; then
   echo "usage: $0 COMMAND [ARGS...]" >&2
@@ -21,4 +22,5 @@ for cpu in $(seq 0 $(($(nproc) - 1))); do
   hogs+=($!)
 done
 trap 'kill "${hogs[@]}" 2>/dev/null' EXIT
+export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-${SLOW_ISA:-AVX2}}"
 nice -n "${SLOW_NICE:-3}" "$@"
