@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import device_augment, schema, spatial, synthetic
+from cvrl_tf.data import checks, device_augment, schema, spatial, synthetic
 from cvrl_tf.data.pipeline import build_dataset
 
 T, STRIDE, CROP = 4, 2, 16
@@ -262,6 +262,19 @@ def test_training_skips_bad_records_by_default_and_logs_each(tmp_path, capfd):
     log = capfd.readouterr().err
     assert "skipped bad record bad-not-jpeg: frame 1 is not a JPEG" in log
     assert "skipped bad record undecodable: a frame fails to decode" in log
+
+
+def test_training_that_refuses_bad_records_still_carries_the_skip_bookkeeping(tmp_path):
+    """skip_bad_records=False in a training mode (the demo's setting): no per-record error
+    catching, and every video says none was skipped, as the trainer reads from each batch."""
+    path = _write(tmp_path / "good.tfrecord",
+                  [schema.make_sequence_example(_jpegs(seed=i), 0, f"good-{i}") for i in range(2)])
+    for mode in ("pretrain", "train"):
+        batch = next(iter(build_dataset(path, mode, 2, T, STRIDE, CROP, repeat=False,
+                                        skip_bad_records=False)))
+        assert batch["skipped"].numpy().tolist() == [[0] * len(checks.CAUSES)] * 2, mode
+        assert batch["last_bad"].shape == (2, len(checks.CAUSES), 3)
+        assert (batch["last_bad"].numpy() == -1).all(), mode
 
 
 def test_tfds_dispatch(monkeypatch):

@@ -137,6 +137,13 @@ def count_and_drop(ds: tf.data.Dataset, pipeline: int) -> tf.data.Dataset:
     return ds.scan(initial, count).filter(lambda element: element["status"] == 0)
 
 
+def nothing_skipped(element: dict) -> dict:
+    """The bookkeeping count_and_drop attaches, for a pipeline that refuses bad records instead
+    (training with skip_bad_records=False): none skipped, none seen."""
+    num = len(CAUSES)
+    return dict(element, skipped=tf.zeros([num], tf.int32), last_bad=-tf.ones([num, 3], tf.int32))
+
+
 def _print_skip(element: dict) -> tf.Tensor:
     message = tf.strings.join(["cvrl_tf: skipped bad record ", element["id"], ": ",
                                element["reason"]])
