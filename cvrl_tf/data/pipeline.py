@@ -99,8 +99,9 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     stored (any number of rows); the stream continues after the newest of this pipeline's.
     skip_bad_records: None skips in training modes and refuses in 'eval'. Skipping catches a
     failing parse or JPEG decode per record, which costs about 0.5 ms of host CPU per record
-    (a one-record dataset each time): nothing at Kinetics sizes, but 30-45% of the pipeline for
-    the demo's 48x48 videos, which therefore refuses instead (its data set is generated).
+    (a one-record dataset each time, measured on the demo's videos): about 2% of a Kinetics-size
+    record's (2 clips at 11 ms, docs/BENCHMARKS.md), but 30-45% of the pipeline for the demo's
+    48x48 videos, which therefore refuses instead (its data set is generated).
     shuffle_buffer: records per shuffled window (1: no shuffling).
     """
     if mode not in MODES:
