@@ -133,15 +133,19 @@ def count_and_drop(ds: tf.data.Dataset, pipeline: int) -> tf.data.Dataset:
                        last_bad=last)
         return (tf.where(bad, pending, tf.zeros_like(pending)), last), out
 
-    initial = (tf.zeros([num], tf.int32), -tf.ones([num, 3], tf.int32))
-    return ds.scan(initial, count).filter(lambda element: element["status"] == 0)
+    return ds.scan(_no_skips(), count).filter(lambda element: element["status"] == 0)
+
+
+def _no_skips() -> tuple:
+    """('skipped' [C], 'last_bad' [C, 3]) before any bad record: zero counts, no record."""
+    return tf.zeros([len(CAUSES)], tf.int32), -tf.ones([len(CAUSES), 3], tf.int32)
 
 
 def nothing_skipped(element: dict) -> dict:
     """The bookkeeping count_and_drop attaches, for a pipeline that refuses bad records instead
     (training with skip_bad_records=False): none skipped, none seen."""
-    num = len(CAUSES)
-    return dict(element, skipped=tf.zeros([num], tf.int32), last_bad=-tf.ones([num, 3], tf.int32))
+    skipped, last_bad = _no_skips()
+    return dict(element, skipped=skipped, last_bad=last_bad)
 
 
 def _print_skip(element: dict) -> tf.Tensor:
