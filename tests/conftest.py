@@ -3,26 +3,31 @@
 Two logical CPUs let MirroredStrategy tests run two replicas on this machine
 (see docs/DESIGN.md). This must happen before TensorFlow initializes devices.
 The `two_replica_strategy` fixture gives each test its own strategy on those two devices.
+TensorFlow is imported only by the processes that run tests: under `make test` the
+pytest-xdist controller, which runs none, skips it (about 5 CPU-seconds).
 """
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-_cpus = tf.config.list_physical_devices("CPU")
-try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-except RuntimeError:  # Devices already initialized by an earlier import.
-    pass
-# No Grappler rewrites of the tf.functions run in the test processes: they change how fast a
-# graph runs, not what it computes, and cost each tiny run 2-4 s of start-up (about a tenth of
-# the in-process tests' CPU time). Runs in subprocesses (resume, multi-worker, service, the
-# command line) keep TensorFlow's defaults, as users get them.
-tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # The pytest-xdist controller: its workers run the tests.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:  # Devices already initialized by an earlier import.
+        pass
+    # No Grappler rewrites of the tf.functions run in the test processes: they change how fast
+    # a graph runs, not what it computes, and cost each tiny run 2-4 s of start-up (about a
+    # tenth of the in-process tests' CPU time). Runs in subprocesses (resume, multi-worker,
+    # service, the command line) keep TensorFlow's defaults, as users get them.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 @pytest.fixture(autouse=True)
@@ -30,16 +35,18 @@ def _the_same_draws_in_any_order():
     """Every test starts from one random state (Python, NumPy, TensorFlow, Keras): under
     `make test` (pytest-xdist) a file runs after different files from run to run, and a draw
     that depends on what ran before would make a test pass or fail by luck."""
+    import keras  # pylint: disable=import-outside-toplevel
     keras.utils.set_random_seed(0)
 
 
 @pytest.fixture
-def two_replica_strategy() -> tf.distribute.MirroredStrategy:
+def two_replica_strategy() -> "tf.distribute.MirroredStrategy":
     """A fresh MirroredStrategy over the 2 logical CPUs, on collective keys no other uses.
 
     MirroredStrategy instances in one process start their collective keys at the same base and
     collide ("Collective instance 100 expected type ..."); TF's own tests bump the base too.
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.distribute.MirroredStrategy._collective_key_base += 100000
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     tf.distribute.MirroredStrategy._collective_key_base += 100000  # for whoever comes next
