@@ -42,11 +42,17 @@ def project_2d(features: np.ndarray, method: str = "pca", seed: int = 0
     if method == "tsne":
         try:
             from sklearn.manifold import TSNE  # pylint: disable=import-outside-toplevel
+            import threadpoolctl  # pylint: disable=import-outside-toplevel  # sklearn's own dep
         except ImportError as e:
             raise ValueError("method='tsne' needs scikit-learn (pip install scikit-learn); "
                              "method='pca' needs nothing.") from e
         perplexity = float(min(30.0, (len(x) - 1) / 3))
-        points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        # One OpenMP thread: for the few hundred points of an embedding map it is about as fast
+        # as two on an idle 2-core machine, uses a fifth less CPU, and is 2-3x faster while
+        # other work (tf.data threads of a finished run) holds a core.
+        with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+            points = TSNE(2, perplexity=perplexity, init="pca",
+                          random_state=seed).fit_transform(x)
         return points, "t-SNE"
     x = x - x.mean(axis=0)
     _, singular, vt = np.linalg.svd(x, full_matrices=False)

@@ -53,6 +53,22 @@ def test_tsne_when_scikit_learn_is_installed():
     assert points.shape == (30, 2) and note == "t-SNE"
 
 
+def test_tsne_runs_on_one_openmp_thread(monkeypatch):
+    """Two threads cost 2-3x the time while another thread holds a core (the demo's case)."""
+    manifold = pytest.importorskip("sklearn.manifold")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+
+    def fit_transform(self, x):
+        seen.extend(p["num_threads"] for p in threadpoolctl.threadpool_info()
+                    if p["user_api"] == "openmp")
+        return np.zeros((len(x), 2))
+
+    monkeypatch.setattr(manifold.TSNE, "fit_transform", fit_transform)
+    plots.project_2d(np.random.default_rng(0).normal(size=(9, 4)), "tsne")
+    assert seen and set(seen) == {1}
+
+
 def test_bad_input_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="Unknown embedding method 'umap'"):
         plots.project_2d(np.zeros((5, 3)), "umap")
