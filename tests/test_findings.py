@@ -52,6 +52,17 @@ def test_sweep_writes_findings_and_skips_finished_runs(tmp_path, monkeypatch, ca
     args = ["--output_dir", str(out), "--docs_dir", str(docs), "--seeds", "1",
             "--conditions", "decreasing,random_init", "--steps_scale", str(scale)]
     args += [f"--gin_param={p}" for p in PARAMS]
+    # The demo's embedding map (backbones, features, t-SNE; 2-10 s a drawing, checked in
+    # tests/test_demo.py) is replaced by a recorder of what the sweep asks it to draw.
+    drawn = []
+
+    def draw(output_dir, dirs, data_dir, linear):
+        path = os.path.join(output_dir, "embeddings.png")
+        tf.io.write_file(path, tf.io.encode_png(tf.zeros([3, 5, 4], tf.uint8)))
+        drawn.append((output_dir, dirs, data_dir, linear))
+        return path
+
+    monkeypatch.setattr(findings.demo, "write_embedding_map", draw)
     result = findings.main(args)
 
     printed = capsys.readouterr().out
@@ -71,7 +82,13 @@ def test_sweep_writes_findings_and_skips_finished_runs(tmp_path, monkeypatch, ca
     assert saved["commands"] == ["python -m bench.findings " + " ".join(args)]
     assert saved["figures"] == ["findings_ablations.png", "findings_embeddings.png"]
     assert _png_shape(docs / "findings_ablations.png")[:2] == (420, 440)
-    assert _png_shape(docs / "findings_embeddings.png") == (450, 800, 4)
+    assert _png_shape(docs / "findings_embeddings.png") == (3, 5, 4)  # The drawing, copied.
+    assert drawn == [(str(out / "seed0"),
+                      {"pretrain": str(out / "seed0" / "pretrain_decreasing"),
+                       "linear_eval_random": str(out / "seed0" / "linear_random_init")},
+                      str(out / "data"),
+                      {"cvrl": {"eval": {"top1": saved["top1"]["decreasing"][0]}},
+                       "random_init": {"eval": {"top1": saved["top1"]["random_init"][0]}}})]
     with open(out / "results" / "decreasing-seed0.json") as f:
         run = json.load(f)
     assert run["pretrain"]["steps"] == 2 and run["linear_steps"] >= 1

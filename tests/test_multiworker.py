@@ -58,7 +58,7 @@ def _params(data_dir, steps, *extra):
     return [f"TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}",
             f"run.train_length={steps}", "run.steps_per_loop=1", "run.checkpoint_every=2",
             f"run.global_batch_size={BATCH}", "run.min_video_frames=16", "run.seed=1",
-            "run.deterministic=True", *extra]
+            "run.deterministic=True", "run.image_summaries=False", *extra]
 
 
 def _start(params, model_dir, workers, log_dir, name, flags=()):

@@ -8,6 +8,7 @@ from cvrl_tf.models import build_backbone
 from cvrl_tf.models.resnet3d import ResNet3D
 
 TINY = dict(base_filters=4, blocks_per_stage=(1, 1, 1, 1))
+R3D50_BLOCKS = (3, 4, 6, 3)
 
 
 def _clip(shape=(2, 8, 32, 32, 3), seed=0):
@@ -30,6 +31,14 @@ def _mg_resnet3d(depth, blocks, input_shape):
         input_specs=tf_keras.layers.InputSpec(shape=[None, *input_shape]))
 
 
+@pytest.fixture(scope="module")
+def mg_r3d50():
+    """The Model Garden R3D-50 for (4, 32, 32, 3) clips, built once (1.4 s) for the tests that
+    read it: none changes it."""
+    keras.utils.set_random_seed(0)
+    return _mg_resnet3d(50, R3D50_BLOCKS, (4, 32, 32, 3))
+
+
 def test_r3d50_matches_spec_counts_and_endpoint_shapes():
     model = build_backbone(50, input_shape=(16, 224, 224, 3), return_endpoints=True)
     assert model.count_params() == 31_725_248
@@ -39,10 +48,9 @@ def test_r3d50_matches_spec_counts_and_endpoint_shapes():
                       "res4": (8, 14, 14, 1024), "res5": (8, 7, 7, 2048), "pooled": (2048,)}
 
 
-def test_r3d50_computes_the_same_function_as_model_garden():
+def test_r3d50_computes_the_same_function_as_model_garden(mg_r3d50):
     """Copy the Model Garden R3D-50's weights block by block into ours: same outputs."""
-    blocks = (3, 4, 6, 3)
-    mg = _mg_resnet3d(50, blocks, (4, 32, 32, 3))
+    blocks, mg = R3D50_BLOCKS, mg_r3d50
     ours = build_backbone(50, input_shape=(4, 32, 32, 3), return_endpoints=True)
     ours.get_layer("stem_conv").set_weights(mg.layers[1].get_weights())
     ours.get_layer("stem_bn").set_weights(mg.layers[2].get_weights())
@@ -64,13 +72,11 @@ def test_r3d50_computes_the_same_function_as_model_garden():
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_r3d101_variables_match_model_garden():
-    blocks = (3, 4, 23, 3)
-    mg = _mg_resnet3d(101, blocks, (16, 224, 224, 3))
+def test_r3d101_has_the_model_gardens_parameter_count():
+    """59,682,496: the Model Garden R3D-101's count (the blocks themselves are compared with
+    the Model Garden's in the R3D-50 tests above; the 101's block counts below)."""
     ours = build_backbone(101, input_shape=(16, 224, 224, 3))
-    assert ours.count_params() == mg.count_params() == 59_682_496
-    shape_list = lambda ws: sorted(tuple(w.shape) for w in ws)  # noqa: E731
-    assert shape_list(ours.weights) == shape_list(mg.weights)
+    assert ours.count_params() == 59_682_496
 
 
 @pytest.mark.parametrize("depth,width,feature", [
@@ -189,7 +195,6 @@ def test_mixed_bfloat16_computes_in_bf16_and_pools_to_float32():
     assert out["res5"].dtype == tf.bfloat16 and out["pooled"].dtype == tf.float32
 
 
-R3D50_BLOCKS = (3, 4, 6, 3)
 INIT_TOLERANCE = 0.05  # Relative; the smallest R3D-50 kernel (64x64) has 4096 weights, SE ~1%.
 
 
@@ -228,24 +233,22 @@ def _init_std_mismatches(ours, mg, blocks, tolerance=INIT_TOLERANCE):
     return bad
 
 
-def _r3d50_pair(seed=0):
+def _r3d50(seed=0):
     keras.utils.set_random_seed(seed)
-    mg = _mg_resnet3d(50, R3D50_BLOCKS, (4, 32, 32, 3))
-    ours = build_backbone(50, input_shape=(4, 32, 32, 3))
-    return ours, mg
+    return build_backbone(50, input_shape=(4, 32, 32, 3))
 
 
-def test_r3d50_initial_kernels_match_model_garden_statistics():
+def test_r3d50_initial_kernels_match_model_garden_statistics(mg_r3d50):
     """Every conv of R3D-50: std within 5% of the Model Garden's and of sqrt(1/fan_in)."""
-    ours, mg = _r3d50_pair()
+    ours, mg = _r3d50(), mg_r3d50
     assert len(_mg_conv_pairs(mg, ours, R3D50_BLOCKS)) == 1 + 3 * 16 + 4
     assert _init_std_mismatches(ours, mg, R3D50_BLOCKS) == []
 
 
-def test_initial_kernel_check_fails_with_he_normal(monkeypatch):
+def test_initial_kernel_check_fails_with_he_normal(monkeypatch, mg_r3d50):
     """he_normal (variance scale 2) would pass unnoticed if the check could not fail."""
     from cvrl_tf.models import resnet3d
     monkeypatch.setattr(resnet3d, "kernel_initializer", keras.initializers.HeNormal)
-    ours, mg = _r3d50_pair()
+    ours, mg = _r3d50(), mg_r3d50
     names = [c.name for c, _ in _mg_conv_pairs(mg, ours, R3D50_BLOCKS)]
     assert _init_std_mismatches(ours, mg, R3D50_BLOCKS) == names
