@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 # Two processes, a file each at a time (tests/conftest.py orders the longest files first).
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-.PHONY: demo test bench clean venv
+.PHONY: demo test test-quick bench clean venv
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: $(STAMP)  # all but the end-to-end runs (tests marked slow); `make test` for CI
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
 
 bench: $(STAMP)  # side-by-side against the Model Garden (docs/BENCHMARKS.md); minutes each
 	nice -n 10 $(BIN)/python -m bench.input_pipeline

@@ -59,6 +59,7 @@ def test_cvrl_model_accepts_an_endpoint_backbone():
     assert out["feature"].shape == (4, FEATURE)
 
 
+@pytest.mark.bfloat16
 def test_cvrl_model_outputs_float32_under_mixed_bfloat16(bf16_policy):
     model = _cvrl(probe_classes=3)
     out = model(_clip(), training=True)

@@ -55,6 +55,7 @@ def test_finetune_classifier_drops_out_only_in_training():
     assert clf.layers[0].rate == 0.5
 
 
+@pytest.mark.bfloat16
 def test_heads_emit_float32_under_mixed_bfloat16():
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -41,6 +41,7 @@ def test_matches_numpy_formula():
     assert metrics["num_candidates"].numpy() == 12.0
 
 
+@pytest.mark.bfloat16
 def test_scale_invariant_and_float32_under_bfloat16():
     rng = np.random.default_rng(1)
     z1, z2 = rng.normal(size=(2, 4, 8)).astype(np.float32)

@@ -183,6 +183,7 @@ def test_save_and_reload_keras_file_gives_identical_outputs(tmp_path):
         np.testing.assert_array_equal(loaded(clip)[key], value)
 
 
+@pytest.mark.bfloat16
 def test_mixed_bfloat16_computes_in_bf16_and_pools_to_float32():
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

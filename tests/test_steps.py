@@ -230,6 +230,7 @@ def test_device_augmentation_in_replicated_and_classifier_steps(two_replica_stra
     assert np.isfinite(metrics["loss"].numpy())
 
 
+@pytest.mark.bfloat16
 def test_pretrain_step_under_mixed_bfloat16():
     """bfloat16 compute, float32 variables and loss: the step's loss is info_nce (in float32)
     of the bf16 model's embeddings plus the float32 L2 term of the float32 kernels."""
