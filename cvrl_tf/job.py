@@ -208,6 +208,7 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
     jit = (isinstance(strategy, tf.distribute.TPUStrategy) if cfg.jit_compile is None
            else cfg.jit_compile)
     pretrain = cfg.mode == "pretrain"
+    train = None
     try:
         with _precision(cfg.mixed_precision), _determinism(cfg):
             # Build and restore: the model and optimizer under the strategy's scope, then the
@@ -291,6 +292,8 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
             print(message, flush=True)
         return results
     finally:
+        if train is not None:
+            train.close()
         distribute.remove_write_dir(write_dir, cfg.model_dir)
 
 

@@ -5,6 +5,7 @@ Tiny: 32 synthetic videos of 16 frames at 32x32, the tiny R3D, 4 steps of batch 
 in-process with the shipped demo experiment files and small overrides. Accuracies are checked
 exactly against correct / total counted here from the checkpoint's own model.
 """
+import gc
 import glob
 import json
 import os
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorflow.python.data.ops import iterator_ops
 
 from cvrl_tf import config
 from cvrl_tf import job
@@ -345,6 +347,10 @@ def test_resume_trains_only_the_remaining_steps(pretrained, data_dir, tmp_path):
     assert len(iterations) == 1 and final.get_tensor(iterations[0]) == 6  # 4 restored + 2.
 
 
+def _iterators_alive() -> int:
+    return sum(isinstance(o, iterator_ops.OwnedIterator) for o in gc.get_objects())
+
+
 def test_resume_order(pretrained, linear, data_dir, tmp_path):
     pretrain_dir, _ = pretrained
     # 1. A checkpoint in model_dir wins (test_resume_trains_only_the_remaining_steps).
@@ -354,7 +360,16 @@ def test_resume_order(pretrained, linear, data_dir, tmp_path):
     # ... and once model_dir has its own checkpoint, that wins over the warm start.
     lin_dir = str(tmp_path / "linear")
     shutil.copytree(first_dir, lin_dir)
-    again = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(6), EVAL_DATA="''")
+    # (With the garbage collector off, the run's input iterator is gone when the run returns:
+    # it does not keep tf.data's threads running in the process.)
+    gc.collect()
+    gc.disable()
+    try:
+        before = _iterators_alive()
+        again = linear_eval(data_dir, lin_dir, pretrain_dir, **steps(6), EVAL_DATA="''")
+        assert _iterators_alive() == before
+    finally:
+        gc.enable()
     assert again["initialized_from"] == f"checkpoint:{os.path.join(lin_dir, 'ckpt-4')}"
     assert again["start_step"] == 4 and again["global_step"] == 6
     # 3. Else scratch (what the job starts from; the demo's random-init run trains from it).
