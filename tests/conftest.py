@@ -68,7 +68,7 @@ def pytest_collection_modifyitems(items):
     # tools/slow_cpu.sh caps oneDNN at AVX2 kernels; TensorFlow still sees this CPU's
     # AVX-512 BF16 and sends bfloat16 ops to oneDNN, which then has none for them ("could not
     # create a primitive descriptor", or a segfault). An artefact of the cap: on a CPU
-    # without them, TensorFlow keeps bfloat16 ops off oneDNN.
+    # without AVX-512, TensorFlow keeps bfloat16 ops off oneDNN (it tests the CPU's AVX512F).
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
     if isa not in ("ALL", "DEFAULT"):
         skip = pytest.mark.skip(reason=f"ONEDNN_MAX_CPU_ISA={isa}: oneDNN has no bfloat16 "

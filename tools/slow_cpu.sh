@@ -11,6 +11,8 @@
 # clips/s with oneDNN off and 159 with it on; the AVX2-only EPYC gave 66-83 and 160-186
 # (docs/DESIGN.md). Code that hands work between threads (collectives, tf.data, thread pools)
 # slows more than compute does: a woken thread waits for the busy loop's time slice.
+# Under the AVX2 cap TensorFlow still sees this CPU's AVX-512 and sends bfloat16 ops to
+# oneDNN, which then has no kernels for them (a crash): the suite skips its bfloat16 tests.
 set -u
 if [ $# -eq 0 ]; then
   echo "usage: $0 COMMAND [ARGS...]" >&2
