@@ -49,7 +49,7 @@ def project_2d(features: np.ndarray, method: str = "pca", seed: int = 0
         perplexity = float(min(30.0, (len(x) - 1) / 3))
         # One OpenMP thread: for the few hundred points of an embedding map it is about as fast
         # as two on an idle 2-core machine, uses a fifth less CPU, and is 2-3x faster while
-        # other work (tf.data threads of a finished run) holds a core.
+        # other work holds a core.
         with threadpoolctl.threadpool_limits(1, user_api="openmp"):
             points = TSNE(2, perplexity=perplexity, init="pca",
                           random_state=seed).fit_transform(x)
