@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 # Two processes, a file each at a time (tests/conftest.py orders the longest files first).
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-.PHONY: demo test test-quick bench clean venv
+.PHONY: demo test test-scenarios bench clean venv
 
 venv: $(STAMP)
 
@@ -20,11 +20,11 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/python -m cvrl_tf.demo --output_dir $(DEMO_DIR)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP)  # every test but the whole-command scenarios (tests marked scenario)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not scenario"
 
-test-quick: $(STAMP)  # all but the end-to-end runs (tests marked slow); `make test` for CI
-	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
+test-scenarios: $(STAMP)  # multi-worker, preempt-kill-resume, demo, findings, bench commands
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m scenario
 
 bench: $(STAMP)  # side-by-side against the Model Garden (docs/BENCHMARKS.md); minutes each
 	nice -n 10 $(BIN)/python -m bench.input_pipeline

@@ -20,6 +20,8 @@ def test_kinetics_like_frames_are_natural_and_moving():
     assert frames.std() > 20 and abs(frames[0].astype(int) - frames[-1]).mean() > 1
 
 
+@pytest.mark.slow
+@pytest.mark.scenario  # A whole bench command: make test-scenarios.
 def test_input_pipeline_bench(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", [
         "input_pipeline", "--data_dir", str(tmp_path), "--num_videos", "2",
@@ -35,6 +37,7 @@ def test_input_pipeline_bench(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow  # The Model Garden's R3D-50 and ours made tiny (its blocks, 1 per stage).
+@pytest.mark.scenario  # A whole bench command: make test-scenarios.
 def test_train_step_bench(monkeypatch, capsys):
     monkeypatch.setattr(train_step, "build_backbone", functools.partial(
         train_step.build_backbone, base_filters=4, blocks_per_stage=(1, 1, 1, 1)))

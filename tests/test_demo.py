@@ -8,7 +8,7 @@ import tensorflow as tf
 from cvrl_tf import demo
 from cvrl_tf.data import synthetic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]  # make test-scenarios
 
 
 def test_demo_writes_results_and_names_its_dir_last(tmp_path, capsys):

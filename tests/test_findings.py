@@ -9,7 +9,7 @@ from bench import findings
 from cvrl_tf import train
 from cvrl_tf.data import synthetic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]  # make test-scenarios
 
 # Small batches for the 16-video set; image summaries off to save time.
 PARAMS = ["run.global_batch_size=8", "run.eval_batch_size=8", "run.min_video_frames=16",

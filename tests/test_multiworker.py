@@ -33,7 +33,7 @@ from cvrl_tf import trainer
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import synthetic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]  # make test-scenarios
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_LIMIT = 300  # Seconds for both workers (TF start-up dominates; generous on 2 shared cores).

@@ -18,7 +18,7 @@ import tensorflow as tf
 from cvrl_tf import checkpoints
 from cvrl_tf.data import synthetic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]  # make test-scenarios
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_LIMIT = 300
