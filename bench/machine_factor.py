@@ -38,9 +38,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = {
     "machine": "2-core AMD EPYC (Zen 5, AVX-512), 2026-11-30",
     "python_s": 0.457, "trace_s": 1.02, "eigen_clips_per_s": 218.0, "onednn_clips_per_s": 715.0,
-    # Fresh clones on the same machine (docs/DESIGN.md, docs/DEMO.md): pytest's own time of
-    # `make test` (255-283 s) and the whole `make demo` (3:06-3:44), medians of five runs each.
-    "make_test_s": 267.0, "make_demo_s": 195.0,
+    # The same machine (docs/DESIGN.md, docs/DEMO.md): pytest's own time of `make test` since
+    # the scenarios moved to `make test-scenarios` (158.6 s, 165.1 s in a fresh clone) and the
+    # whole demo at 540 pretraining steps (2:28-2:44 in five idle runs; docs/DEMO.md).
+    "make_test_s": 162.0, "make_demo_s": 160.0,
 }
 CLIP = (8, 32, 32, 3)
 
