@@ -171,7 +171,8 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
         offsets = tf.where(tf.equal(x["group"], group), offsets, tf.zeros_like(offsets))
         reader = tf.concat([tf.stack([x["epoch"], x["group"], x["slot"], q]), offsets], 0)
         following = tf.tensor_scatter_nd_update(offsets, [[x["slot"]]], [x["record"] + 1])
-        return (q + 1, x["group"], following), dict(x, q=q, reader=reader)
+        return (q + 1, x["group"], following), dict(x, q=q, reader=reader,
+                                                    serialized=_hold(x["serialized"]))
 
     def shuffle_window(w):
         count = tf.shape(w["q"])[0]
@@ -214,5 +215,19 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
 
     epochs = tf.data.Dataset.range(e0, 2**62) if repeat else tf.data.Dataset.range(e0, e0 + 1)
     ds = epochs.flat_map(epoch_elements)
-    return ds.map(lambda x: {k: x[k] for k in ("serialized", "file", "record", "q",
-                                               "position", "marker", "problem")})
+    return ds.map(lambda x: dict({k: x[k] for k in ("file", "record", "q", "position",
+                                                    "marker", "problem")},
+                                 serialized=_release(x["serialized"])))
+
+
+# A record's bytes (about 10 MB for a Kinetics video at short side 256) travel through the
+# shuffle window held by a variant (a tf.data Optional): batching, permuting and unbatching a
+# string tensor copies every byte three times (about 2 ms of host CPU per Kinetics clip, 15% of
+# the pipeline's host part, docs/BENCHMARKS.md); a variant is copied by reference.
+def _hold(serialized: tf.Tensor) -> tf.Tensor:
+    return tf.raw_ops.OptionalFromValue(components=[serialized])
+
+
+def _release(held: tf.Tensor) -> tf.Tensor:
+    return tf.raw_ops.OptionalGetValue(optional=held, output_types=[tf.string],
+                                       output_shapes=[[]])[0]
