@@ -1,0 +1,73 @@
+"""Importing cvrl_tf keeps glibc's malloc from mapping fresh pages for every large block.
+
+The input pipeline allocates blocks of megabytes per record (the record, its frames, the clips)
+and frees them soon after, several alive at a time. With glibc's defaults those blocks come from
+fresh pages (and go back to the kernel when freed), and each page faults and is zeroed on
+first touch. The probe below repeats that pattern with the C library's own malloc (NumPy's
+allocations would ask for huge pages and hide it) in a fresh interpreter and counts the minor
+page faults of the repetitions.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PROBE = """
+import ctypes, resource, sys
+if sys.argv[1] == "import":
+    import cvrl_tf
+    print(cvrl_tf.MALLOC_TUNED)
+else:
+    print(None)
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 8 << 20  # About one Kinetics-size record.
+
+def records():  # Four alive at once, then all freed, as a pipeline's buffers are.
+    blocks = [libc.malloc(SIZE) for _ in range(4)]
+    for b in blocks:
+        ctypes.memset(b, 1, SIZE)
+    for b in blocks:
+        libc.free(b)
+
+records()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    records()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+PAGES = 10 * 4 * (8 << 20) // 4096  # Every page of every block, if each faulted.
+
+
+def _faults(mode: str, **env_extra) -> tuple:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
+           and k not in ("GLIBC_TUNABLES", "CVRL_TF_TUNE_MALLOC")}
+    env.update(PYTHONPATH=REPO, **env_extra)
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], cwd=REPO, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return out[0], int(out[1])
+
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="glibc's malloc thresholds exist on Linux only")
+
+
+def test_import_reuses_freed_blocks_instead_of_faulting_fresh_pages():
+    tuned, tuned_faults = _faults("import")
+    _, plain_faults = _faults("plain")
+    assert tuned == "True"
+    assert plain_faults > PAGES // 2  # glibc's defaults: most pages fault again each time.
+    assert tuned_faults < PAGES // 50
+
+
+@pytest.mark.parametrize("env", [{"CVRL_TF_TUNE_MALLOC": "0"},
+                                 {"MALLOC_TRIM_THRESHOLD_": "131072"},
+                                 {"MALLOC_MMAP_THRESHOLD_": "131072"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}])
+def test_import_keeps_the_users_malloc_settings(env):
+    tuned, faults = _faults("import", **env)
+    assert tuned == "False"
+    assert faults > PAGES // 2
