@@ -7,14 +7,14 @@ It acts only if cvrl_tf is imported before TensorFlow (as `python -m cvrl_tf.tra
 `python -m cvrl_tf.demo` do); set TF_ENABLE_ONEDNN_OPTS=0 to keep them off.
 
 On Linux with glibc, importing cvrl_tf also has malloc serve blocks up to 32 MB from its heap
-and keep up to 64 MB free at the top of it (the limits glibc's own adaptive thresholds end
-at), instead of mapping fresh pages for every block above 128 kB and returning them: a video
-record is about 10 MB at Kinetics sizes, and the kernel zeroing fresh pages for each record,
-frame array and clip cost about 25% of the host pipeline's CPU (docs/BENCHMARKS.md). This
-acts whenever cvrl_tf is imported. CVRL_TF_TUNE_MALLOC=0 keeps glibc's defaults, and so does
-exporting MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or a glibc.malloc setting in
-GLIBC_TUNABLES (your choice stands); with another allocator preloaded (tcmalloc, jemalloc) the
-setting is unused.
+and keep up to 64 MB free at the top of it (the limits glibc's own adaptive thresholds end at),
+instead of mapping fresh pages for large blocks (above 128 kB at first) and unmapping them: a
+video record is about 10 MB at Kinetics sizes, and faulting and zeroing fresh pages for each
+record, frame array and clip cost about a tenth of the host pipeline's CPU
+(docs/BENCHMARKS.md). This acts whenever cvrl_tf is imported. CVRL_TF_TUNE_MALLOC=0 keeps
+glibc's defaults, and so does exporting MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or a
+glibc.malloc setting in GLIBC_TUNABLES (your choice stands); with another allocator preloaded
+(tcmalloc, jemalloc) the setting is unused.
 """
 import ctypes
 import os

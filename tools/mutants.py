@@ -40,6 +40,8 @@ EVALUATION = "cvrl_tf/evaluation.py"
 STEPS = "cvrl_tf/steps.py"
 SERVICE = "cvrl_tf/data/service.py"
 SERVICE_TESTS = "tests/test_service.py"
+PACKAGE = "cvrl_tf/__init__.py"
+MALLOC_TESTS = "tests/test_malloc.py"
 PRETRAIN_TESTS = "tests/test_pipeline_pretrain.py"
 CONSISTENCY = (f"{PRETRAIN_TESTS}::"
                "test_identical_frames_give_identical_clip_frames_unless_inconsistent")
@@ -184,6 +186,16 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "dataset = data_service.distribute(dataset, served)", "pass",
              (f"{SERVICE_TESTS}::test_pretraining_reads_from_the_workers",),
              "run.data_service_address makes training read its batches from the service"),
+    Mutation("malloc-not-tuned", PACKAGE,
+             "    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)\n"
+             "                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))",
+             "    return True",
+             (f"{MALLOC_TESTS}::test_import_reuses_freed_blocks_instead_of_faulting_fresh_pages",),
+             "importing cvrl_tf stops large freed blocks from faulting fresh pages"),
+    Mutation("malloc-overrides-user", PACKAGE,
+             "any(k in os.environ for k in MALLOC_ENVS)", "False",
+             (f"{MALLOC_TESTS}::test_import_keeps_the_users_malloc_settings",),
+             "a user's own MALLOC_* setting keeps glibc's behaviour"),
 )
 
 
