@@ -222,7 +222,7 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
 
 # A record's bytes (about 10 MB for a Kinetics video at short side 256) travel through the
 # shuffle window held by a variant (a tf.data Optional): batching, permuting and unbatching a
-# string tensor copies every byte three times (about 2 ms of host CPU per Kinetics clip, 15% of
+# string tensor copies every byte three times (about 1 ms of host CPU per Kinetics clip, 8% of
 # the pipeline's host part, docs/BENCHMARKS.md); a variant is copied by reference.
 def _hold(serialized: tf.Tensor) -> tf.Tensor:
     return tf.raw_ops.OptionalFromValue(components=[serialized])
