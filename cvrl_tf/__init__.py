@@ -12,9 +12,10 @@ instead of mapping fresh pages for large blocks (above 128 kB at first) and unma
 video record is about 10 MB at Kinetics sizes, and faulting and zeroing fresh pages for each
 record, frame array and clip cost about a tenth of the host pipeline's CPU
 (docs/BENCHMARKS.md). This acts whenever cvrl_tf is imported. CVRL_TF_TUNE_MALLOC=0 keeps
-glibc's defaults, and so does exporting MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or a
-glibc.malloc setting in GLIBC_TUNABLES (your choice stands); with another allocator preloaded
-(tcmalloc, jemalloc) the setting is unused.
+glibc's defaults (1, the default, applies these; any other value is refused), and so does
+exporting MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or a glibc.malloc setting in
+GLIBC_TUNABLES (your choice stands); with another allocator preloaded (tcmalloc, jemalloc) the
+setting is unused.
 """
 import ctypes
 import os
@@ -33,6 +34,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 
 def _tune_malloc() -> bool:
     """Sets the two glibc malloc thresholds above; False where the user chose or no glibc."""
+    if os.environ.get(TUNE_MALLOC_ENV, "1") not in ("0", "1"):
+        raise ValueError(f"{TUNE_MALLOC_ENV} must be 0 (glibc's malloc defaults) or 1 (cvrl_tf's "
+                         f"thresholds), got {os.environ[TUNE_MALLOC_ENV]!r}.")
     chosen = (os.environ.get(TUNE_MALLOC_ENV) == "0" or any(k in os.environ for k in MALLOC_ENVS)
               or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""))
     if chosen or not sys.platform.startswith("linux"):

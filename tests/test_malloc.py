@@ -42,12 +42,18 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 PAGES = 10 * 4 * (8 << 20) // 4096  # Every page of every block, if each faulted.
 
 
-def _faults(mode: str, **env_extra) -> tuple:
+def _probe(mode: str, **env_extra) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
            and k not in ("GLIBC_TUNABLES", "CVRL_TF_TUNE_MALLOC")}
     env.update(PYTHONPATH=REPO, **env_extra)
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], cwd=REPO, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
+    return subprocess.run([sys.executable, "-c", _PROBE, mode], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+
+
+def _faults(mode: str, **env_extra) -> tuple:
+    run = _probe(mode, **env_extra)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.split()
     return out[0], int(out[1])
 
 
@@ -71,3 +77,10 @@ def test_import_keeps_the_users_malloc_settings(env):
     tuned, faults = _faults("import", **env)
     assert tuned == "False"
     assert faults > PAGES // 2
+
+
+def test_a_bad_value_of_the_switch_is_refused_in_one_sentence():
+    run = _probe("import", CVRL_TF_TUNE_MALLOC="off")
+    assert run.returncode != 0
+    assert ("ValueError: CVRL_TF_TUNE_MALLOC must be 0 (glibc's malloc defaults) or 1 "
+            "(cvrl_tf's thresholds), got 'off'.") in run.stderr
