@@ -21,7 +21,7 @@ setuptools.setup(
         "numpy>=1.26",
         "av>=12",  # PyAV: video decoding for the converter, ships its own ffmpeg
         "tqdm>=4.60",
-        "matplotlib>=3.7",  # cvrl_tf/plots.py (the demo's embedding map), imported lazily
+        "matplotlib>=3.7",  # cvrl_tf/viz/plots.py (the demo's embedding map), imported lazily
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
 )

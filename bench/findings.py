@@ -40,9 +40,9 @@ import gin
 import keras
 
 from bench import machine
-from cvrl_tf import config
+from cvrl_tf.training import config
 from cvrl_tf import demo
-from cvrl_tf import summaries
+from cvrl_tf.training import summaries
 from cvrl_tf import train
 from cvrl_tf.data import schema
 

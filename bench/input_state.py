@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import machine
-from cvrl_tf import trainer
+from cvrl_tf.training import trainer
 
 # A Kinetics video as the converter writes it (short side 256, 10 s at 25 fps, JPEG q90):
 # about 42 kB per frame (docs/BENCHMARKS.md) x 250 frames.

@@ -10,7 +10,7 @@ Steps, all through train.py's gin root (gin/experiments/demo_*.gin):
 4. print a table and write OUTPUT_DIR/results.json:
    {"linear_top1": {"cvrl": x, "random_init": y}, "linear_top5": {...}, ...};
 5. draw the eval-set features of the random and the CVRL backbone, coloured by class, to
-   OUTPUT_DIR/embeddings.png (t-SNE, or PCA without scikit-learn; cvrl_tf/plots.py), name it.
+   OUTPUT_DIR/embeddings.png (t-SNE, or PCA without scikit-learn; cvrl_tf/viz/plots.py), name it.
 Training runs start fresh each time (the data set is reused). After the second loop of
 pretraining the demo prints its measured clips/s and an ETA for the whole demo
 (demo_clock.py); its measurements are in docs/DEMO.md.
@@ -36,13 +36,13 @@ from typing import Optional, Sequence
 import tensorflow as tf
 from absl import logging
 
-from cvrl_tf import checkpoints
-from cvrl_tf import config
-from cvrl_tf import demo_clock
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import config
+from cvrl_tf.training import demo_clock
 from cvrl_tf import export
 from cvrl_tf import features
-from cvrl_tf import plots
-from cvrl_tf import summaries
+from cvrl_tf.viz import plots
+from cvrl_tf.training import summaries
 from cvrl_tf import train
 from cvrl_tf.data import schema
 from cvrl_tf.data import synthetic

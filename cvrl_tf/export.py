@@ -28,7 +28,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
+from cvrl_tf.training import checkpoints
 from cvrl_tf.models import build_backbone
 
 METADATA_JSON = "cvrl_tf_export.json"  # Written next to saved_model.pb; loaders ignore it.

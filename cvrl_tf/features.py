@@ -14,7 +14,7 @@ video gives --views TEMPORALxSPATIAL clips (evenly spaced starts x left/center/r
 crops, as in evaluation) whose features are averaged. Output .npz: ids [N] str, labels [N]
 int64 (-1 when unknown), features [N, F] float32. --projector_dir DIR also writes the features,
 labels and one thumbnail per video (the middle frame of the central view) for TensorBoard's
-embedding projector (cvrl_tf/projector.py): `tensorboard --logdir DIR`.
+embedding projector (cvrl_tf/viz/projector.py): `tensorboard --logdir DIR`.
 
 --num_frames, --stride and --crop_size default to the clip the model was trained on, which
 export records in cvrl_tf_export.json ("clip"); explicit flags win. An export without it
@@ -33,7 +33,7 @@ import tensorflow as tf
 import tqdm
 
 from cvrl_tf import export as export_lib
-from cvrl_tf import projector
+from cvrl_tf.viz import projector
 from cvrl_tf.data import pipeline, schema, spatial, temporal
 from cvrl_tf.data import video_list as video_list_lib
 

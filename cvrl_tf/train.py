@@ -4,10 +4,10 @@ r"""The cvrl_tf binary: pretrain, linear-evaluate, fine-tune or evaluate, at any
         [--gin_param=run.train_length=100] [--strategy=default|one_device|mirrored|multi_worker]
         [--tpu=NAME|local] [--worker_timeout=60] [--collective_timeout=1800]
 
-gin binds the one root, `run` (the fields of cvrl_tf.config.JobConfig), and a few registered
+gin binds the one root, `run` (the fields of cvrl_tf.training.config.JobConfig), and a few registered
 library functions (build_backbone, projection_head, finetune_classifier, build_dataset);
 library code never reads gin. See gin/experiments/ for launchable configs. A restarted job
-continues where it stopped (the resume order: cvrl_tf.checkpoints.resume).
+continues where it stopped (the resume order: cvrl_tf.training.checkpoints.resume).
 """
 import dataclasses
 import logging as std_logging
@@ -22,11 +22,11 @@ from absl import logging
 import gin
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
-from cvrl_tf import config
-from cvrl_tf import distribute
-from cvrl_tf import job
-from cvrl_tf.config import ConfigError
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import config
+from cvrl_tf.training import distribute
+from cvrl_tf.training import job
+from cvrl_tf.training.config import ConfigError
 
 # Registrations: the library functions gin may configure (their defaults stay gin-free).
 from cvrl_tf.data import pipeline as _pipeline
@@ -104,7 +104,7 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str] = ()) -> None:
         where = f" at `{lines[-1]}`" if len(lines) > 2 else ""
         raise ConfigError(f"Bad gin config: {lines[0].rstrip('.')}{where}; fix the name or value "
                           f"(bindings target run, whose parameters are the fields of "
-                          f"cvrl_tf.config.JobConfig, and the registered "
+                          f"cvrl_tf.training.config.JobConfig, and the registered "
                           f"cvrl_tf.models / cvrl_tf.data functions).") from e
     finally:
         root_logger.removeFilter(_quiet_gin_search)

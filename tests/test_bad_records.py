@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf import train
-from cvrl_tf import trainer as trainer_lib
+from cvrl_tf.training import trainer as trainer_lib
 from cvrl_tf.data import checks, schema
 
 pytestmark = pytest.mark.slow

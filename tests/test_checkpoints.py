@@ -1,12 +1,12 @@
-"""cvrl_tf.checkpoints: incomplete or corrupt checkpoints, the resume order, the NaN guard."""
+"""cvrl_tf.training.checkpoints: incomplete or corrupt checkpoints, the resume order, the NaN guard."""
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
-from cvrl_tf.config import ConfigError
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training.config import ConfigError
 
 
 def _run_dir(tmp_path, steps=(2, 4, 6)):

@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from cvrl_tf import demo_clock
+from cvrl_tf.training import demo_clock
 
 
 class FakeClock:

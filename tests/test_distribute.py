@@ -1,10 +1,10 @@
-"""Strategies by name and the chief / non-chief write rules of cvrl_tf.distribute."""
+"""Strategies by name and the chief / non-chief write rules of cvrl_tf.training.distribute."""
 import os
 
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import distribute
+from cvrl_tf.training import distribute
 
 
 def test_default_strategy_is_the_current_one():

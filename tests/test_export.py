@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
+from cvrl_tf.training import checkpoints
 from cvrl_tf import export
 from cvrl_tf.models import build_backbone
 

@@ -246,7 +246,7 @@ def test_projector_files_are_consistent_and_read_by_tensorboard(model, records, 
 
 
 def test_sprite_fits_the_projector_limit():
-    from cvrl_tf import projector
+    from cvrl_tf.viz import projector
     thumbs = np.full((10, 64, 64, 3), 200, np.uint8)
     sprite = projector.sprite_image(thumbs, max_side=100)  # 4 per row: 25-pixel thumbnails.
     assert sprite.shape == (3 * 25, 4 * 25, 3) and sprite[:25, :25].min() == 200

@@ -7,7 +7,7 @@ import gin
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import config
+from cvrl_tf.training import config
 from cvrl_tf import train
 
 GIN_DIR = train.GIN_DIR

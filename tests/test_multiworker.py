@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import config
-from cvrl_tf import job
+from cvrl_tf.training import config
+from cvrl_tf.training import job
 from cvrl_tf import steps
 from cvrl_tf import train
-from cvrl_tf import trainer
+from cvrl_tf.training import trainer
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import synthetic
 

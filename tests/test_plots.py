@@ -1,11 +1,11 @@
-"""Tests for cvrl_tf.plots: embedding maps written as PNGs of the stated size, quickly."""
+"""Tests for cvrl_tf.viz.plots: embedding maps written as PNGs of the stated size, quickly."""
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import plots
+from cvrl_tf.viz import plots
 
 
 def _clustered(num_classes=6, per_class=20, dim=16, spread=0.3, seed=0):

@@ -1,4 +1,4 @@
-"""cvrl_tf.preemption: a notice becomes the training loop's stop flag at once."""
+"""cvrl_tf.training.preemption: a notice becomes the training loop's stop flag at once."""
 import http.server
 import os
 import signal
@@ -7,7 +7,7 @@ import time
 
 import tensorflow as tf
 
-from cvrl_tf import preemption
+from cvrl_tf.training import preemption
 
 
 def _wait_for(flag, seconds=10.0):

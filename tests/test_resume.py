@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
+from cvrl_tf.training import checkpoints
 from cvrl_tf.data import synthetic
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario]  # make test-scenarios

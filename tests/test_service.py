@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import config
+from cvrl_tf.training import config
 from cvrl_tf import train
 from cvrl_tf.data import pipeline, schema, service, synthetic
 

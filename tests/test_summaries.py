@@ -5,7 +5,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cvrl_tf import summaries
+from cvrl_tf.training import summaries
 
 
 def test_clip_pair_images_put_view_1_above_view_2_of_the_same_video():

@@ -20,11 +20,11 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorflow.python.data.ops import iterator_ops
 
-from cvrl_tf import config
-from cvrl_tf import job
+from cvrl_tf.training import config
+from cvrl_tf.training import job
 from cvrl_tf import train
 from cvrl_tf.data import synthetic
-from cvrl_tf.trainer import NonFiniteLossError
+from cvrl_tf.training.trainer import NonFiniteLossError
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
-from cvrl_tf import config
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import config
 from cvrl_tf import models
 from cvrl_tf import train
-from cvrl_tf.config import ConfigError
+from cvrl_tf.training.config import ConfigError
 
 BASE = config.JobConfig(mode="pretrain", model_dir="/unused", train_data="x-*",
                         train_length=10, global_batch_size=8, optimizer="adam",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import trainer as trainer_lib
+from cvrl_tf.training import trainer as trainer_lib
 
 
 def _trainer(dataset_fn, replica_step, total_steps=4, **kwargs):

@@ -20,16 +20,16 @@ import numpy as np
 import orbit
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
-from cvrl_tf import config
-from cvrl_tf import distribute
-from cvrl_tf import evaluation
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import config
+from cvrl_tf.training import distribute
+from cvrl_tf.training import evaluation
 from cvrl_tf import optimizers
-from cvrl_tf import preemption
+from cvrl_tf.training import preemption
 from cvrl_tf import steps
-from cvrl_tf import summaries
-from cvrl_tf import trainer as trainer_lib
-from cvrl_tf.config import Builders, JobConfig
+from cvrl_tf.training import summaries
+from cvrl_tf.training import trainer as trainer_lib
+from cvrl_tf.training.config import Builders, JobConfig
 from cvrl_tf.data import device_augment
 from cvrl_tf.data import schema
 from cvrl_tf.data import service as data_service

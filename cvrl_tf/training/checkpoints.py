@@ -19,7 +19,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from cvrl_tf.config import ConfigError, warn
+from cvrl_tf.training.config import ConfigError, warn
 
 BACKBONE_JSON = "backbone.json"
 CLIP_JSON = "clip.json"  # The training clip: {"num_frames", "stride", "crop_size"}.

@@ -11,12 +11,12 @@ from absl import logging
 import orbit
 import tensorflow as tf
 
-from cvrl_tf import checkpoints
-from cvrl_tf import distribute
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import distribute
 from cvrl_tf import steps
-from cvrl_tf import summaries
-from cvrl_tf import trainer as trainer_lib
-from cvrl_tf.config import Builders, ConfigError, JobConfig, build_model
+from cvrl_tf.training import summaries
+from cvrl_tf.training import trainer as trainer_lib
+from cvrl_tf.training.config import Builders, ConfigError, JobConfig, build_model
 
 
 def _logits_model(model) -> Callable:

@@ -1,7 +1,7 @@
 """The demo's clock: measured speed and an ETA for the whole demo from its first loops.
 
 The trainer prints one progress line per loop (`step S/T | loss L | R clips/s | ETA ...`,
-cvrl_tf/trainer.py). `ProgressWatcher` passes stdout through and hands each such line to
+cvrl_tf/training/trainer.py). `ProgressWatcher` passes stdout through and hands each such line to
 `DemoClock`, which times the loops itself. After the second loop of pretraining (the first
 one includes graph tracing) it knows the seconds per pretraining step and the fixed start-up
 cost of a run (model build, input pipeline, tracing), and extrapolates the remaining phases:
