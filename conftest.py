@@ -1,3 +1,10 @@
-"""pytest loads this before tests/conftest.py, which imports TensorFlow: importing cvrl_tf
-first turns TensorFlow's oneDNN CPU kernels on for the suite too (see cvrl_tf/__init__.py)."""
-import cvrl_tf  # noqa: F401
+"""pytest loads this before tests/conftest.py, which imports TensorFlow: the suite runs with the
+process settings a cvrl_tf command makes (cvrl_tf.runtime.tune_process: oneDNN on, malloc
+thresholds), except that TensorFlow's C++ log level stays as tests/conftest.py sets it."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cvrl_tf import runtime  # noqa: E402  (no TensorFlow import)
+
+runtime.tune_process()

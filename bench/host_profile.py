@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from bench import kinetics_like, machine  # noqa: E402
-from cvrl_tf.data import pipeline, schema, spatial, temporal  # noqa: E402
+from cvrl_tf.data import clips, schema, spatial, temporal  # noqa: E402
 
 T, STRIDE, CROP = 16, 2, 224
 AUG = dict(area_range=(0.3, 1.0), aspect_ratio_range=(0.5, 2.0))
@@ -67,7 +67,7 @@ def stages() -> dict:
         return [_decode(j, w)[:, 0, 0, 0] for j, w in _windows(frames(s), seed)]
 
     def ours(s, seed, on_device):
-        return pipeline._pretrain_clips(  # pylint: disable=protected-access
+        return clips.pretrain_clips(
             frames(s), seed, T, STRIDE, CROP, "decreasing", 1.0, True, AUG, on_device)
 
     return {

@@ -3,7 +3,7 @@
     python -m bench.input_state                # K400 recipe: 1024-record window, 32 replicas
     python -m bench.input_state --record_kb 100 --buffers 64,256
 
-cvrl_tf checkpoints where each replica's stream stands (`trainer.InputState`: a position row
+cvrl_tf checkpoints where each replica's stream stands (`books.InputState`: a position row
 of `source.POSITION_SIZE` int32 per replica plus the skip counters), whatever the shuffle
 window holds. The alternative, checkpointing the tf.data iterator
 (`tf.train.Checkpoint(iterator=...)`), stores the shuffle buffer's records themselves. Both are
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import machine
-from cvrl_tf.training import trainer
+from cvrl_tf.training import books
 
 # A Kinetics video as the converter writes it (short side 256, 10 s at 25 fps, JPEG q90):
 # about 42 kB per frame (docs/BENCHMARKS.md) x 250 frames.
@@ -35,7 +35,7 @@ def checkpoint_bytes(directory: str) -> int:
 def input_state_bytes(num_replicas: int) -> int:
     """Checkpoint bytes of InputState alone for num_replicas replicas."""
     with tempfile.TemporaryDirectory() as tmp:
-        tf.train.Checkpoint(input=trainer.InputState(num_replicas)).write(
+        tf.train.Checkpoint(input=books.InputState(num_replicas)).write(
             os.path.join(tmp, "ckpt"))
         return checkpoint_bytes(tmp)
 

@@ -19,33 +19,31 @@ import time
 
 _START = time.monotonic()  # before TensorFlow's import, which the ETA counts too
 
-import os  # pylint: disable=wrong-import-position
-
-# The demo's output is for reading: TensorFlow's C++ INFO lines (end of sequence at each
-# evaluation, buffer sizes) are hidden unless the user set the level; warnings still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
 
 # pylint: disable=wrong-import-position
 import argparse
-import contextlib
 import importlib.util
+import os
 import shutil
-import sys
 from typing import Optional, Sequence
 
 import tensorflow as tf
-from absl import logging
 
-from cvrl_tf.training import checkpoints
-from cvrl_tf.training import config
-from cvrl_tf.training import demo_clock
 from cvrl_tf import export
 from cvrl_tf import features
-from cvrl_tf.viz import plots
-from cvrl_tf.training import summaries
 from cvrl_tf import train
 from cvrl_tf.data import schema
 from cvrl_tf.data import synthetic
+from cvrl_tf.runtime import cli
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import config
+from cvrl_tf.training import console
+from cvrl_tf.training import demo_clock
+from cvrl_tf.training import summaries
+from cvrl_tf.viz import plots
 
 PRETRAIN_GIN = "experiments/demo_pretrain.gin"
 LINEAR_GIN = "experiments/demo_linear_eval.gin"
@@ -79,7 +77,7 @@ def _phase(name: str, gin_file: str, params: Sequence[str], pretrain: bool
 
 
 def run_demo(output_dir: str, gin_params: Sequence[str] = (), num_train: int = 600,
-             num_eval: int = 300, start: Optional[float] = None) -> dict:
+             num_eval: int = 300, start: Optional[float] = None, verbose: bool = False) -> dict:
     """Runs the whole demo; returns (and writes) the results dict.
 
     `start` (time.monotonic()) is when the demo began, for its ETA; default: now.
@@ -105,15 +103,13 @@ def run_demo(output_dir: str, gin_params: Sequence[str] = (), num_train: int = 6
         [_phase(name, gin_file, params + extra, name == "pretrain")
          for name, gin_file, extra, _ in runs], start)
     outputs = {}
-    watcher = demo_clock.ProgressWatcher(sys.stdout, clock.on_progress)
-    with contextlib.redirect_stdout(watcher):
-        for name, gin_file, extra, title in runs:
-            t = time.monotonic()
-            print(f"\n== {title} ==", flush=True)
-            clock.begin(name)
-            outputs[name] = train.run_with_gin([gin_file], params + extra,
-                                               model_dir=dirs[name])
-            times[name] = time.monotonic() - t
+    for name, gin_file, extra, title in runs:
+        t = time.monotonic()
+        print(f"\n== {title} ==", flush=True)
+        clock.begin(name)
+        outputs[name] = train.run_with_gin([gin_file], params + extra, model_dir=dirs[name],
+                                           on_loop=clock.on_loop, verbose=verbose)
+        times[name] = time.monotonic() - t
     pretrain = outputs["pretrain"]
     linear = {"cvrl": outputs["linear_eval_cvrl"],
               "random_init": outputs["linear_eval_random"]}
@@ -179,20 +175,19 @@ def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
         title=f"Eval-set features, centre clip ({'t-SNE' if method == 'tsne' else 'PCA'})")
 
 
+@cli.guard
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """CLI entry point; the last line printed names the output directory."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--gin_param", action="append", default=[],
                         help="extra gin binding for every run, e.g. run.train_length=100")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every metric of every loop, and Python's log lines")
     args = parser.parse_args(argv)
-    # Every warning the runs log is also printed to stdout; show it once.
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
-    try:
-        results = run_demo(args.output_dir, args.gin_param, start=_START)
-    finally:
-        logging.set_verbosity(verbosity)
+    if not args.verbose:
+        console.quiet_logging()
+    results = run_demo(args.output_dir, args.gin_param, start=_START, verbose=args.verbose)
     print(f"Results written to {os.path.abspath(args.output_dir)}", flush=True)
     return results
 

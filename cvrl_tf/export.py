@@ -20,6 +20,11 @@ model_dir/clip.json, which training writes), and cvrl_tf.features uses it by def
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import json
 import os
@@ -30,6 +35,7 @@ import tensorflow as tf
 
 from cvrl_tf.training import checkpoints
 from cvrl_tf.models import build_backbone
+from cvrl_tf.runtime import cli
 
 METADATA_JSON = "cvrl_tf_export.json"  # Written next to saved_model.pb; loaders ignore it.
 SIGNATURES = ("float32", "uint8")
@@ -110,6 +116,7 @@ def export(checkpoint: str, output_dir: str, backbone_json: str | None = None,
     return export_saved_model(backbone, output_dir, default_signature, metadata=metadata)
 
 
+@cli.guard
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -22,6 +22,11 @@ falls back to 16 frames, stride 2, crop 224 and says so.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import io
 import os
@@ -36,6 +41,7 @@ from cvrl_tf import export as export_lib
 from cvrl_tf.viz import projector
 from cvrl_tf.data import pipeline, schema, spatial, temporal
 from cvrl_tf.data import video_list as video_list_lib
+from cvrl_tf.runtime import cli
 
 VIDEO_LIST_SUFFIXES = (".csv", ".txt")
 # Without a recorded training clip: the paper's R3D-50 evaluation clip.
@@ -263,6 +269,7 @@ def _write_projector(projector_dir: str, thumbnails: np.ndarray, result: dict, i
           f"tensorboard --logdir {projector_dir}")
 
 
+@cli.guard
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

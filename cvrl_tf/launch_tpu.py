@@ -28,6 +28,11 @@ How TensorFlow drives a TPU (as Google's own TF-on-TPU-VM test harness does it):
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import dataclasses
 import json
@@ -38,6 +43,8 @@ import shutil
 import subprocess
 import time
 from typing import Callable, Sequence
+
+from cvrl_tf.runtime import cli
 
 DEFAULT_TF_VERSION = "2.20.0"  # Matches setup.py's tensorflow pin, so pip keeps the TPU build.
 REPO_DIR = "~/cvrl_tf"
@@ -285,6 +292,7 @@ def _execute(argv: Sequence[str]) -> None:
     subprocess.run(list(argv), check=True)
 
 
+@cli.guard
 def main(argv: Sequence[str] | None = None) -> list[list[str]]:
     """CLI entry point; returns the commands it printed or ran."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -8,12 +8,19 @@ query as a hit when any of its k nearest train clips has the query's label.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import json
 import os
 from typing import Sequence
 
 import numpy as np
+
+from cvrl_tf.runtime import cli
 
 DEFAULT_RECALL_KS = (1, 5, 10, 20)
 _CHUNK = 1024  # At most this many queries per similarity block ...
@@ -171,6 +178,7 @@ def _check_labels(train_labels: np.ndarray,
     return train_labels, test_labels
 
 
+@cli.guard
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI: prints the metrics table and writes them as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,8 +196,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         recall_ks = [int(k) for k in args.recall_k.split(",") if k.strip()]
     except ValueError:
         parser.error(f"--recall_k={args.recall_k!r} must be comma-separated integers.")
-    results = evaluate(load_features(args.train), load_features(args.test), args.knn_k,
-                       args.vote, args.temperature, recall_ks)
+    train, test = load_features(args.train), load_features(args.test)
+    gallery = len(train["labels"])
+    if not 1 <= args.knn_k <= gallery or max(recall_ks, default=1) > gallery:
+        cli.fail(f"--knn_k={args.knn_k} and --recall_k={args.recall_k} must lie between 1 and "
+                 f"the {gallery} clips of --train {args.train}; lower them.")
+    results = evaluate(train, test, args.knn_k, args.vote, args.temperature, recall_ks)
     results.update(train=args.train, test=args.test)
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.test)),
                                          "retrieval.json")

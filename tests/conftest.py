@@ -47,9 +47,10 @@ def two_replica_strategy() -> "tf.distribute.MirroredStrategy":
     collide ("Collective instance 100 expected type ..."); TF's own tests bump the base too.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    from cvrl_tf.runtime import internals  # pylint: disable=import-outside-toplevel
+    internals.bump_collective_keys()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    tf.distribute.MirroredStrategy._collective_key_base += 100000  # for whoever comes next
+    internals.bump_collective_keys()  # for whoever comes next
     return strategy
 
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf import train
-from cvrl_tf.training import trainer as trainer_lib
+from cvrl_tf.training import books
 from cvrl_tf.data import checks, schema
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,10 @@ def test_pretraining_skips_every_kind_and_counts_each_exactly(data_dir, tmp_path
     assert "skipped bad record too-short: it has 3 frames, fewer than one clip spans" in log
     assert "skipped bad record bad-label: label 9 is outside [0, num_classes=6)" in log
     assert "skipped bad record train-00001-of-00002.tfrecord:0: the shard ends before" in log
-    assert "records read, skipped:" in log
+    assert f"step {STEPS}/{STEPS} | " in log and "| skipped 14 of 28 records" in log
+    with open(os.path.join(tmp_path, "run", "log.txt")) as f:  # the run's log file: per cause
+        assert ("Input: 28 records read, skipped not_parseable 2, no_frames 2, not_jpeg 2, "
+                "corrupt_jpeg 2, too_short 2, bad_label 2, truncated_shard 2") in f.read()
 
 
 def test_too_many_bad_records_stop_the_run_naming_the_worst_cause():
@@ -90,10 +93,10 @@ def test_too_many_bad_records_stop_the_run_naming_the_worst_cause():
     last_bad = -np.ones((len(checks.CAUSES), 3), np.int32)
     last_bad[checks.CAUSES.index("corrupt_jpeg")] = (0, 3, 17)
     describe = lambda row: f"record {row[2]} of file {row[1]}"  # noqa: E731
-    message = trainer_lib.bad_fraction_error(summary, 0.01, describe, last_bad)
+    message = books.bad_fraction_error(summary, 0.01, describe, last_bad)
     assert message.startswith("32 of the 2000 training records read so far were bad (1.6%, "
                               "more than run.max_bad_fraction=0.01)")
     assert "most common cause is corrupt_jpeg (30 records, e.g. record 17 of file 3)" in message
-    assert trainer_lib.bad_fraction_error(summary, 0.02, describe, last_bad) is None
+    assert books.bad_fraction_error(summary, 0.02, describe, last_bad) is None
     small = dict(summary, read=500)  # Too few reads to judge yet.
-    assert trainer_lib.bad_fraction_error(small, 0.01, describe, last_bad) is None
+    assert books.bad_fraction_error(small, 0.01, describe, last_bad) is None

@@ -1,9 +1,8 @@
-"""The demo's speed and ETA: trainer progress lines in, an extrapolated whole-demo time out."""
-import io
-
+"""The demo's speed and ETA: the runs' loops in, an extrapolated whole-demo time out."""
 import pytest
 
 from cvrl_tf.training import demo_clock
+from cvrl_tf.training import reporting
 
 
 class FakeClock:
@@ -27,10 +26,10 @@ def test_eta_extrapolates_every_phase_from_the_second_pretraining_loop():
     fake.now = 10.0
     clock.begin("pretrain")
     fake.now = 30.0  # loop 1 (10 steps) ends: 10 s of set-up and tracing + 10 s of steps
-    clock.on_progress(10, 100, 40.0)
+    clock.on_loop(reporting.Loop(10, 100, 40.0, {}))
     assert not printed and clock.estimate is None
     fake.now = 40.0  # loop 2: 1 s per step of 128 clips
-    clock.on_progress(20, 100, 128.0)
+    clock.on_loop(reporting.Loop(20, 100, 128.0, {}))
     setup, clip_sec = 10.0, 1.0 / 128
     pretrain_left = 80 * 1.0 + demo_clock.END_COST_SHARE * setup
     linear = ((1 + demo_clock.END_COST_SHARE) * setup
@@ -42,9 +41,9 @@ def test_eta_extrapolates_every_phase_from_the_second_pretraining_loop():
     assert f"whole demo about {demo_clock.format_duration(clock.estimate['total_sec'])}" \
         in printed[0]
     fake.now = 50.0
-    clock.on_progress(30, 100, 128.0)  # printed once only
+    clock.on_loop(reporting.Loop(30, 100, 128.0, {}))  # printed once only
     clock.begin("linear_eval_cvrl")
-    clock.on_progress(50, 50, 1000.0)
+    clock.on_loop(reporting.Loop(50, 50, 1000.0, {}))
     assert len(printed) == 1
     fake.now = 200.0
     assert clock.summary() == "[demo] wall time 3:20; estimated 2:52 after 0:40"
@@ -55,7 +54,7 @@ def test_a_single_pretraining_loop_still_gives_an_estimate():
     clock = _clock(printed, fake)
     clock.begin("pretrain")
     fake.now = 20.0
-    clock.on_progress(100, 100, 640.0)
+    clock.on_loop(reporting.Loop(100, 100, 640.0, {}))
     assert clock.estimate["clips_per_sec"] == pytest.approx(640.0)
     assert len(printed) == 1
 
@@ -66,18 +65,7 @@ def test_phases_must_follow_the_plan():
         clock.begin("linear_eval_cvrl")
 
 
-def test_watcher_passes_text_through_and_reports_progress_lines_only():
-    seen, out = [], io.StringIO()
-    watcher = demo_clock.ProgressWatcher(out, lambda *args: seen.append(args))
-    text = ("train | step: 0 | training until step 100...\n"
-            "step 50/1200 | loss 5.8614 | 368.7 clips/s | ETA 0:06:39\nstep 100/12")
-    watcher.write(text)
-    watcher.write("00 | loss 5.2 | 523.5 clips/s | ETA 0:05:26\n")
-    assert out.getvalue() == text + "00 | loss 5.2 | 523.5 clips/s | ETA 0:05:26\n"
-    assert seen == [(50, 1200, 368.7), (100, 1200, 523.5)]
-
-
 @pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (754, "12:34"),
                                            (3725, "1:02:05"), (-3, "0:00")])
 def test_format_duration(seconds, text):
-    assert demo_clock.format_duration(seconds) == text
+    assert reporting.format_duration(seconds) == text

@@ -1,4 +1,5 @@
-"""Importing cvrl_tf keeps glibc's malloc from mapping fresh pages for every large block.
+"""cvrl_tf.runtime.tune_process keeps glibc's malloc from mapping fresh pages for every large
+block; importing cvrl_tf alone changes nothing.
 
 The input pipeline allocates blocks of megabytes per record (the record, its frames, the clips)
 and frees them soon after, several alive at a time. With glibc's defaults those blocks come from
@@ -16,9 +17,14 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROBE = """
 import ctypes, resource, sys
-if sys.argv[1] == "import":
-    import cvrl_tf
-    print(cvrl_tf.MALLOC_TUNED)
+if sys.argv[1] == "tune":
+    from cvrl_tf import runtime
+    print(runtime.tune_process().malloc)
+elif sys.argv[1] == "import":  # every module of the package, nothing called
+    import importlib, pkgutil, cvrl_tf
+    for module in pkgutil.walk_packages(cvrl_tf.__path__, "cvrl_tf."):
+        importlib.import_module(module.name)
+    print(None)
 else:
     print(None)
 libc = ctypes.CDLL(None)
@@ -61,26 +67,41 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="glibc's malloc thresholds exist on Linux only")
 
 
-def test_import_reuses_freed_blocks_instead_of_faulting_fresh_pages():
-    tuned, tuned_faults = _faults("import")
+def test_tune_process_reuses_freed_blocks_instead_of_faulting_fresh_pages():
+    tuned, tuned_faults = _faults("tune")
     _, plain_faults = _faults("plain")
     assert tuned == "True"
     assert plain_faults > PAGES // 2  # glibc's defaults: most pages fault again each time.
     assert tuned_faults < PAGES // 50
 
 
+def test_importing_every_module_leaves_malloc_as_glibc_set_it():
+    _, faults = _faults("import")
+    assert faults > PAGES // 2
+
+
 @pytest.mark.parametrize("env", [{"CVRL_TF_TUNE_MALLOC": "0"},
                                  {"MALLOC_TRIM_THRESHOLD_": "131072"},
                                  {"MALLOC_MMAP_THRESHOLD_": "131072"},
                                  {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}])
-def test_import_keeps_the_users_malloc_settings(env):
-    tuned, faults = _faults("import", **env)
+def test_tune_process_keeps_the_users_malloc_settings(env):
+    tuned, faults = _faults("tune", **env)
     assert tuned == "False"
     assert faults > PAGES // 2
 
 
 def test_a_bad_value_of_the_switch_is_refused_in_one_sentence():
-    run = _probe("import", CVRL_TF_TUNE_MALLOC="off")
+    run = _probe("tune", CVRL_TF_TUNE_MALLOC="off")
     assert run.returncode != 0
     assert ("ValueError: CVRL_TF_TUNE_MALLOC must be 0 (glibc's malloc defaults) or 1 "
             "(cvrl_tf's thresholds), got 'off'.") in run.stderr
+
+
+def test_a_command_refuses_a_bad_switch_in_one_sentence_without_a_traceback():
+    env = {k: v for k, v in os.environ.items() if k != "CVRL_TF_TUNE_MALLOC"}
+    env.update(PYTHONPATH=REPO, CVRL_TF_TUNE_MALLOC="off")
+    run = subprocess.run([sys.executable, "-m", "cvrl_tf.train", "--gin_file=x.gin"],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("Error: CVRL_TF_TUNE_MALLOC must be 0 (glibc's malloc "
+                                  "defaults) or 1 (cvrl_tf's thresholds), got 'off'.")

@@ -29,7 +29,7 @@ from cvrl_tf.training import config
 from cvrl_tf.training import job
 from cvrl_tf import steps
 from cvrl_tf import train
-from cvrl_tf.training import trainer
+from cvrl_tf.training import books
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import synthetic
 
@@ -235,7 +235,7 @@ def test_one_process_two_replicas_give_the_same_first_step_loss(two_workers, dat
         batches = []
         for index in range(2):
             batch = dict(next(iter(dataset_fn(tf.distribute.InputContext(2, index, 2)))))
-            batches.append({k: v for k, v in batch.items() if k not in trainer.INPUT_KEYS})
+            batches.append({k: v for k, v in batch.items() if k not in books.INPUT_KEYS})
         replica_step = steps.make_pretrain_step(parts.model, parts.optimizer, cfg.temperature,
                                                 parts.loss_weight_decay)
         values = strategy.experimental_distribute_values_from_function(

@@ -18,6 +18,7 @@ import tensorflow as tf
 from cvrl_tf.training import config
 from cvrl_tf import train
 from cvrl_tf.data import pipeline, schema, service, synthetic
+from cvrl_tf.runtime import internals
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +34,22 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def cluster():
+def servers():
     """A dispatcher and two workers in this process, on free ports of 127.0.0.1."""
     dispatcher = service.start_dispatcher(0)
     address = f"127.0.0.1:{dispatcher.target.rsplit(':', 1)[1]}"
     workers = [service.start_worker(address, 0, "127.0.0.1") for _ in range(2)]
-    yield f"grpc://{address}", workers
+    yield dispatcher, workers, address
     for worker in workers:  # Before the dispatcher: their tasks would wait for it.
         worker.stop()
     dispatcher.stop()
+
+
+@pytest.fixture
+def cluster(servers):
+    """The dispatcher's address and the two workers."""
+    _, workers, address = servers
+    return f"grpc://{address}", workers
 
 
 def _video_ids(data_dir):
@@ -67,7 +75,8 @@ def test_advertised_worker_address():
 
 
 def _job(**fields):
-    values = dict(mode="pretrain", model_dir="/unused", train_data="x-*", train_length=4)
+    values = dict(mode="pretrain", model_dir="/unused", train_data="x-*", train_length=4,
+                  base_lr=0.1)
     values.update(fields)
     return config.JobConfig(**values)
 
@@ -79,6 +88,15 @@ def test_config_checks_the_address_and_refuses_determinism():
         config.check(_job(data_service_address="h"), strategy)
     with pytest.raises(config.ConfigError, match="no fixed order"):
         config.check(_job(data_service_address="h:1", deterministic=True, seed=1), strategy)
+
+
+def test_the_servers_internals_the_command_prints_still_exist(servers):
+    """The dispatcher's worker count and a worker's bound port (runtime/internals.py)."""
+    dispatcher, workers, _ = servers
+    internals.check_all(dispatcher)
+    internals.check_all(workers[0])
+    assert internals.data_service_num_workers(dispatcher) == 2
+    assert re.fullmatch(r"[\w.]+:\d+", internals.data_service_worker_address(workers[0]))
 
 
 def test_unreachable_dispatcher_fails_fast_naming_it():

@@ -22,6 +22,7 @@ from tensorflow.python.data.ops import iterator_ops
 
 from cvrl_tf.training import config
 from cvrl_tf.training import job
+from cvrl_tf.runtime import internals
 from cvrl_tf import train
 from cvrl_tf.data import synthetic
 from cvrl_tf.training.trainer import NonFiniteLossError
@@ -116,9 +117,9 @@ def pretrained(data_dir, tmp_path_factory):
     """A 4-step pretraining on two replicas (MirroredStrategy over two logical CPUs)."""
     model_dir = str(tmp_path_factory.mktemp("pretrain"))
     # Fresh collective keys, as conftest's two_replica_strategy does (this fixture is shared).
-    tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=W0212
+    internals.bump_collective_keys()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=W0212
+    internals.bump_collective_keys()
     results = pretrain(data_dir, model_dir, strategy=strategy)
     return model_dir, results
 

@@ -15,7 +15,7 @@ from cvrl_tf.training.config import ConfigError
 
 BASE = config.JobConfig(mode="pretrain", model_dir="/unused", train_data="x-*",
                         train_length=10, global_batch_size=8, optimizer="adam",
-                        lr_scaling="none")
+                        base_lr=1e-3, lr_scaling="none")
 
 
 def check(strategy=None, **changes):
@@ -25,7 +25,7 @@ def check(strategy=None, **changes):
 
 def test_a_good_config_passes_quietly(capsys):
     check()
-    assert "Config warning" not in capsys.readouterr().out
+    assert "Warning:" not in capsys.readouterr().out
 
 
 def test_batch_not_divisible_by_replicas_is_refused(two_replica_strategy):
@@ -39,9 +39,9 @@ def test_batch_not_divisible_by_replicas_is_refused(two_replica_strategy):
 def test_unscaled_sgd_learning_rate_warns(capsys):
     check(optimizer="sgd", lr_scaling="none", lr_reference_batch=1024)
     out = capsys.readouterr().out
-    assert "Config warning" in out and "run.lr_scaling='linear'" in out
+    assert "Warning:" in out and "run.lr_scaling='linear'" in out
     check(optimizer="sgd", lr_scaling="linear")
-    assert "Config warning" not in capsys.readouterr().out
+    assert "Warning:" not in capsys.readouterr().out
     with pytest.raises(ConfigError, match="lr_scaling='sqrt' is unknown"):
         check(lr_scaling="sqrt")
 
@@ -51,7 +51,7 @@ def test_clip_longer_than_the_shortest_video_warns(capsys):
     out = capsys.readouterr().out
     assert "spans 31 frames, more than the shortest video" in out and "lower num_frames" in out
     check(num_frames=16, stride=2, min_video_frames=31)
-    assert "Config warning" not in capsys.readouterr().out
+    assert "Warning:" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -66,7 +66,7 @@ def test_clip_longer_than_the_shortest_video_warns(capsys):
     (dict(train_length="2 epochs"), "counts epochs, but the number of training examples is "
                                     "unknown: set run.num_train_examples"),
     (dict(warmup=2.5), "must be a whole number of steps"),
-    (dict(deterministic=True), "set run.seed too"),
+    (dict(base_lr=0.0), r"run.base_lr=0.0 must be > 0"),
     (dict(probe_loss_weight=-1.0), "run.probe_loss_weight=-1.0 must be >= 0"),
     (dict(label_smoothing=1.0), r"run.label_smoothing=1.0 must be in \[0, 1\)"),
 ])

@@ -31,6 +31,7 @@ from typing import Optional, Sequence, Tuple
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 PIPELINE = "cvrl_tf/data/pipeline.py"
+CLIPS = "cvrl_tf/data/clips.py"
 DEVICE_AUGMENT = "cvrl_tf/data/device_augment.py"
 TEMPORAL = "cvrl_tf/data/temporal.py"
 LOSSES = "cvrl_tf/losses.py"
@@ -40,7 +41,7 @@ EVALUATION = "cvrl_tf/training/evaluation.py"
 STEPS = "cvrl_tf/steps.py"
 SERVICE = "cvrl_tf/data/service.py"
 SERVICE_TESTS = "tests/test_service.py"
-PACKAGE = "cvrl_tf/__init__.py"
+PACKAGE = "cvrl_tf/runtime/process.py"
 MALLOC_TESTS = "tests/test_malloc.py"
 PRETRAIN_TESTS = "tests/test_pipeline_pretrain.py"
 CONSISTENCY = (f"{PRETRAIN_TESTS}::"
@@ -81,10 +82,10 @@ class Mutation:
 
 
 MUTATIONS: Tuple[Mutation, ...] = (
-    Mutation("pretrain-per-frame-augmentation", PIPELINE,
+    Mutation("pretrain-per-frame-augmentation", CLIPS,
              "consistent, seeds[view], **aug)", "False, seeds[view], **aug)",
              (CONSISTENCY,), "pretraining draws the spatial augmentation once per clip"),
-    Mutation("pretrain-ignores-distribution", PIPELINE,
+    Mutation("pretrain-ignores-distribution", CLIPS,
              "sample_clip_starts(length, num_frames, stride, distribution, power,",
              'sample_clip_starts(length, num_frames, stride, "zero", power,',
              (INTERVALS,), "the two clips' interval follows the configured distribution"),
@@ -96,7 +97,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "swap = tf.random.stateless_uniform([], seeds[2]) < 0.5",
              "swap = tf.random.stateless_uniform([], seeds[2]) < 0.0",
              (INTERVALS,), "either view may be the earlier clip (swap with probability 0.5)"),
-    Mutation("pretrain-clips-ignore-stride", PIPELINE,
+    Mutation("pretrain-clips-ignore-stride", CLIPS,
              "clip_frame_indices(starts[view - 1], length, num_frames, stride)",
              "clip_frame_indices(starts[view - 1], length, num_frames, 1)",
              (INTERVALS,), "a pretraining clip is T frames at the configured stride"),
@@ -136,8 +137,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
              ("tests/test_resume.py::test_preempted_then_killed_run_resumes_exactly",),
              "a resumed run reads the videos the uninterrupted run would have read next"),
     Mutation("bad-records-refused-in-training", PIPELINE,
-             "skip = training if skip_bad_records is None else skip_bad_records",
-             "skip = False if skip_bad_records is None else skip_bad_records",
+             "skip=training if skip_bad_records is None else skip_bad_records,",
+             "skip=False if skip_bad_records is None else skip_bad_records,",
              ("tests/test_bad_records.py::"
               "test_pretraining_skips_every_kind_and_counts_each_exactly",),
              "pretraining skips bad records (and counts each cause) by default"),
@@ -190,11 +191,11 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)\n"
              "                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))",
              "    return True",
-             (f"{MALLOC_TESTS}::test_import_reuses_freed_blocks_instead_of_faulting_fresh_pages",),
-             "importing cvrl_tf stops large freed blocks from faulting fresh pages"),
+             (f"{MALLOC_TESTS}::test_tune_process_reuses_freed_blocks_instead_of_faulting_fresh_pages",),
+             "tune_process stops large freed blocks from faulting fresh pages"),
     Mutation("malloc-overrides-user", PACKAGE,
              "any(k in os.environ for k in MALLOC_ENVS)", "False",
-             (f"{MALLOC_TESTS}::test_import_keeps_the_users_malloc_settings",),
+             (f"{MALLOC_TESTS}::test_tune_process_keeps_the_users_malloc_settings",),
              "a user's own MALLOC_* setting keeps glibc's behaviour"),
 )
 

@@ -12,6 +12,11 @@ the counts, and DIR/example_counts.json the videos per shard of each split (what
 to turn epochs into steps; schema.read_example_count). A shard finished by a killed run, whose
 count no report holds, is counted from its records when the rerun resumes.
 """
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import concurrent.futures
 import dataclasses
@@ -33,6 +38,7 @@ from google.protobuf import message
 
 from cvrl_tf.data import schema
 from cvrl_tf.data.video_list import VideoSpec, read_video_list
+from cvrl_tf.runtime import cli
 
 REPORT_NAME = "convert_report.json"
 VIDEOS_PER_SHARD = 50  # Default sharding: about 200 MB per shard for 10 s Kinetics clips.
@@ -341,6 +347,7 @@ def _print_report(report: dict) -> None:
         print(f"  shard {item['shard']} FAILED: {item['reason']} (rerun to retry it)")
 
 
+@cli.guard
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: convert and print the report; exit 1 if a shard failed, 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -19,44 +19,28 @@ deterministic (tf.data deterministic=True), so a run replays exactly; eval mode 
 deterministic. Use it through `strategy.distribute_datasets_from_function`: the
 input_context shards the data here, so tf.data auto-sharding is turned off.
 """
-import functools
-import os
+import dataclasses
 from typing import Optional, Sequence, Union
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from cvrl_tf.data import checks, device_augment, schema, source, spatial, temporal
+from cvrl_tf.data import checks, clips, device_augment, schema, spatial, stream, temporal
 
 MODES = ("pretrain", "train", "eval")
 AUGMENT_ON = ("host", "device")
 SHORT_VIDEOS = ("wrap", "skip", "error")
 _NO_COLOR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
-
+_EVAL_KEYS = ("label", "id")
+_TRAINING_KEYS = ("label", "id", "id_hash", "position", "skipped", "last_bad")
 
 # Re-exported: the glob rule lives with the on-disk layout in schema.py.
 resolve_files = schema.resolve_files
 
 
-def _tfds_examples(file_pattern: str, input_context, data_dir: Optional[str]):
-    """'tfds:<name>[/<config>]/<split>' -> parsed examples from cvrl_tf.data.tfds_source."""
-    spec = file_pattern[len("tfds:"):]
-    if "/" not in spec:
-        raise ValueError(f"TFDS pattern {file_pattern!r} needs the form 'tfds:<name>[/<config>]"
-                         f"/<split>', e.g. 'tfds:ucf101/ucf101_1_256/train'.")
-    name, split = spec.rsplit("/", 1)
-    try:
-        from cvrl_tf.data import tfds_source  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ValueError(f"File pattern {file_pattern!r} needs cvrl_tf.data.tfds_source, which "
-                         f"could not be imported ({e}).") from e
-    return tfds_source.tfds_examples(name, split, input_context=input_context, data_dir=data_dir)
-
-
 # The pipeline is plain graph code (tf.cond and tf.where, no Python control flow on tensors), so
 # tf.data need not run AutoGraph on its functions: do_not_convert switches it off for every
-# function made while building (about 1-2 s of each process's start-up; docs/DESIGN.md).
+# function made while building (seconds of each process's start-up; docs/NOTES.md).
 @tf.autograph.experimental.do_not_convert
 def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_batch_size: int,
                   num_frames: int, stride: int, crop_size: int,
@@ -104,6 +88,53 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     48x48 videos, which therefore refuses instead (its data set is generated).
     shuffle_buffer: records per shuffled window (1: no shuffling).
     """
+    s = _settings(mode, global_batch_size, num_frames, stride, crop_size, input_context,
+                  distribution=distribution, power=power, consistent=consistent, seed=seed,
+                  num_classes=num_classes, skip_bad_records=skip_bad_records,
+                  short_videos=short_videos, repeat=repeat, color_augment=color_augment,
+                  views=(num_temporal_views, num_spatial_views), drop_remainder=drop_remainder,
+                  area_range=area_range, aspect_ratio_range=aspect_ratio_range,
+                  augment_on=augment_on, augment_kwargs=augment_kwargs)
+    seed, ds = stream.examples(file_pattern, input_context=input_context, training=s.training,
+                               repeat=s.repeat, skip=s.skip, deterministic=s.deterministic,
+                               shuffle_buffer=shuffle_buffer, seed=seed,
+                               start_positions=start_positions, tfds_data_dir=tfds_data_dir)
+    return _batched(_clips(ds, s, seed), s)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """build_dataset's arguments, checked, and what follows from them."""
+    mode: str
+    batch_size: int
+    pipe_id: int
+    num_frames: int
+    stride: int
+    crop_size: int
+    training: bool
+    repeat: bool
+    skip: bool
+    deterministic: bool
+    on_device: bool
+    short_videos: str
+    num_classes: Optional[int]
+    distribution: str
+    power: float
+    consistent: bool
+    views: tuple
+    drop_remainder: bool
+    aug: dict
+
+    @property
+    def clip_span(self) -> int:
+        return (self.num_frames - 1) * self.stride + 1
+
+
+def _settings(mode, global_batch_size, num_frames, stride, crop_size, input_context, *,
+              distribution, power, consistent, seed, num_classes, skip_bad_records,
+              short_videos, repeat, color_augment, views, drop_remainder, area_range,
+              aspect_ratio_range, augment_on, augment_kwargs) -> _Settings:
+    """Checks the arguments (ValueError naming the bad one) and derives the settings."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if short_videos not in SHORT_VIDEOS:
@@ -116,66 +147,61 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     augment_on = augment_on or ("device" if mode == "pretrain" else "host")
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}.")
-    on_device = augment_on == "device" and mode != "eval"  # Eval clips have nothing to augment.
     if min(num_frames, stride, crop_size, global_batch_size) < 1:
         raise ValueError("num_frames, stride, crop_size and global_batch_size must be >= 1, got "
                          f"{num_frames}, {stride}, {crop_size}, {global_batch_size}.")
-    batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
-                  if input_context else global_batch_size)
-    num_pipes = input_context.num_input_pipelines if input_context else 1
-    pipe_id = input_context.input_pipeline_id if input_context else 0
     training = mode != "eval"
-    repeat = training if repeat is None else repeat
-    skip = training if skip_bad_records is None else skip_bad_records
-    deterministic = seed is not None or mode == "eval"  # Eval has no randomness: keep order.
-    clip_span = (num_frames - 1) * stride + 1
-    window = shuffle_buffer if training else 1
-
-    # Records, in an order a run can resume (source.py), or TFDS examples (fresh order only).
-    if isinstance(file_pattern, str) and file_pattern.startswith("tfds:"):
-        seed, ds = _tfds_stream(file_pattern, input_context, tfds_data_dir, seed, training,
-                                shuffle_buffer, repeat, start_positions, pipe_id, num_pipes)
-    else:
-        files, record_shard = source.shard_files(resolve_files(file_pattern), num_pipes,
-                                                 pipe_id)
-        seed, start = _start_of(start_positions, seed, pipe_id, num_pipes, len(files), window)
-        ds = source.records(files, source.file_sizes(files), pipeline=pipe_id,
-                            num_pipelines=num_pipes, record_shard=record_shard, seed=seed,
-                            window=window, shuffle=training, repeat=repeat, start=start)
-        names = tf.constant([os.path.basename(f) for f in files])
-        parse = functools.partial(_parse, names=names)
-        ds = ds.apply(checks.attempt(parse, _unparseable, deterministic) if skip
-                      else lambda d: d.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
-                                           deterministic=deterministic))
-
-    # Clips: cheap checks, then decode only what the clips need and augment (or prepare).
-    check_short = short_videos != "wrap"
     aug = dict(area_range=area_range, aspect_ratio_range=aspect_ratio_range, **augment_kwargs)
     if mode == "train" and not color_augment:
         aug.update(_NO_COLOR)
-    element_base = tf.constant([seed, pipe_id], tf.int64)
+    return _Settings(
+        mode=mode, pipe_id=input_context.input_pipeline_id if input_context else 0,
+        batch_size=(input_context.get_per_replica_batch_size(global_batch_size)
+                    if input_context else global_batch_size),
+        num_frames=num_frames, stride=stride, crop_size=crop_size, training=training,
+        repeat=training if repeat is None else repeat,
+        skip=training if skip_bad_records is None else skip_bad_records,
+        deterministic=seed is not None or mode == "eval",  # Eval has no randomness: keep order.
+        on_device=augment_on == "device" and training,  # Eval clips have nothing to augment.
+        short_videos=short_videos, num_classes=num_classes, distribution=distribution,
+        power=power, consistent=consistent, views=tuple(views), drop_remainder=drop_remainder,
+        aug=aug)
+
+
+def _clip_fn(s: _Settings, seed: int):
+    """element -> its clips for the mode (seeded by the element's raw index q)."""
+    element_base = tf.constant([seed, s.pipe_id], tf.int64)
 
     def clips_of(element):
         seed_k = tf.random.experimental.stateless_fold_in(element_base, element["q"])
         frames = element["frames"]
-        if mode == "pretrain":
-            return _pretrain_clips(frames, seed_k, num_frames, stride, crop_size, distribution,
-                                   power, consistent, aug, on_device)
-        if mode == "train":
-            return _train_clip(frames, seed_k, num_frames, stride, crop_size, consistent, aug,
-                               on_device)
-        return {"video": _eval_views(frames, num_frames, stride, crop_size, num_temporal_views,
-                                     num_spatial_views)}
+        if s.mode == "pretrain":
+            return clips.pretrain_clips(frames, seed_k, s.num_frames, s.stride, s.crop_size,
+                                        s.distribution, s.power, s.consistent, s.aug,
+                                        s.on_device)
+        if s.mode == "train":
+            return clips.train_clip(frames, seed_k, s.num_frames, s.stride, s.crop_size,
+                                    s.consistent, s.aug, s.on_device)
+        return {"video": clips.eval_views(frames, s.num_frames, s.stride, s.crop_size,
+                                          *s.views)}
+
+    return clips_of
+
+
+def _clips(ds: tf.data.Dataset, s: _Settings, seed: int) -> tf.data.Dataset:
+    """Cheap checks, then the clips of every good record; bad ones skipped-and-counted or
+    refused (checks.py)."""
+    check_short = s.short_videos != "wrap"
 
     def checked(element):
         status = tf.where(element["status"] > 0, element["status"],
-                          checks.status_of(element, clip_span, num_classes, check_short))
+                          checks.status_of(element, s.clip_span, s.num_classes, check_short))
         return dict(element, status=status,
-                    reason=checks.reason(element, status, clip_span, num_classes))
+                    reason=checks.reason(element, status, s.clip_span, s.num_classes))
 
     # clips_of is traced once: its outputs shape the blank clips of a bad record, and process
     # calls the same graph (a second trace cost about a third of a pipeline's start-up).
-    clips_graph = tf.function(clips_of, autograph=False).get_concrete_function(
+    clips_graph = tf.function(_clip_fn(s, seed), autograph=False).get_concrete_function(
         ds.map(checked).element_spec)
     specs = {k: tf.TensorSpec(v.shape, v.dtype)
              for k, v in clips_graph.structured_outputs.items()}
@@ -184,38 +210,39 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
         return {k: tf.zeros(spec.shape, spec.dtype) for k, spec in specs.items()}
 
     def process(element):
-        clips = tf.cond(element["status"] > 0, blank, lambda: clips_graph(element))
-        return _element(element, clips)
+        made = tf.cond(element["status"] > 0, blank, lambda: clips_graph(element))
+        return _element(element, made)
 
     def undecodable(element):
         return _element(dict(element, status=tf.constant(checks.CORRUPT_JPEG),
                              reason=checks.explain(checks.CORRUPT_JPEG)), blank())
 
-    ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if skip:
-        ds = ds.apply(checks.attempt(process, undecodable, deterministic))
-        ds = checks.count_and_drop(ds, pipe_id)
+    ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=s.deterministic)
+    if s.skip:
+        ds = ds.apply(checks.attempt(process, undecodable, s.deterministic))
+        ds = checks.count_and_drop(ds, s.pipe_id)
     else:
-        if short_videos == "skip":  # Skip short videos only; refuse every other bad record.
+        if s.short_videos == "skip":  # Skip short videos only; refuse every other bad record.
             ds = ds.filter(lambda e: tf.not_equal(e["status"], checks.TOO_SHORT))
         ds = ds.map(checks.refuse).map(process, num_parallel_calls=tf.data.AUTOTUNE,
-                                       deterministic=deterministic)
-        if training:  # The trainer reads the skip bookkeeping of every batch.
+                                       deterministic=s.deterministic)
+        if s.training:  # The trainer reads the skip bookkeeping of every batch.
             ds = ds.map(checks.nothing_skipped)
-    keep = _TRAINING_KEYS if training else _EVAL_KEYS
-    ds = ds.map(lambda e: {k: v for k, v in e.items() if k in keep or k in specs})
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if mode == "pretrain" and not on_device:  # The device does it in augment_batch.
+    keep = _TRAINING_KEYS if s.training else _EVAL_KEYS
+    return ds.map(lambda e: {k: v for k, v in e.items() if k in keep or k in specs})
+
+
+def _batched(ds: tf.data.Dataset, s: _Settings) -> tf.data.Dataset:
+    """Per-replica batches (pretraining: the two views laid out as rows, unless the device
+    does it), prefetched, with the pipeline's options."""
+    ds = ds.batch(s.batch_size, drop_remainder=s.drop_remainder)
+    if s.mode == "pretrain" and not s.on_device:  # The device does it in augment_batch.
         ds = ds.map(device_augment.views_to_rows, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = deterministic
+    options.deterministic = s.deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options)
-
-
-_EVAL_KEYS = ("label", "id")
-_TRAINING_KEYS = ("label", "id", "id_hash", "position", "skipped", "last_bad")
 
 
 def id_hash(video_id: tf.Tensor) -> tf.Tensor:
@@ -223,148 +250,10 @@ def id_hash(video_id: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.strings.to_hash_bucket_fast(video_id, 2**31 - 1), tf.int32)
 
 
-def _element(element: dict, clips: dict) -> dict:
+def _element(element: dict, made: dict) -> dict:
     """The pipeline element after its clips are made: clips, label, ids, stream bookkeeping."""
     label = tf.concat([element["label"], [-1]], 0)[0]
-    out = dict(clips, label=label, id=element["id"], id_hash=id_hash(element["id"]))
+    out = dict(made, label=label, id=element["id"], id_hash=id_hash(element["id"]))
     for key in ("status", "reason", "position", "file", "record"):
         out[key] = element[key]
     return out
-
-
-def _parse(element: dict, names: tf.Tensor) -> dict:
-    """A record of source.records as a parsed example (a shard marker: empty, with its
-    status); default id '<file basename>:<record index>'."""
-    default_id = tf.strings.join([names[element["file"]],
-                                  tf.strings.as_string(element["record"])], ":")
-
-    def parsed():
-        example = schema.parse_sequence_example(element["serialized"], default_id)
-        return dict(example, status=tf.constant(0))
-
-    def marker():
-        return {"frames": tf.zeros([0], tf.string), "label": tf.zeros([0], tf.int32),
-                "id": default_id, "status": tf.constant(checks.TRUNCATED_SHARD)}
-
-    example = tf.cond(element["marker"], marker, parsed)
-    return dict(example, **{k: element[k] for k in ("q", "position", "file", "record")})
-
-
-def _unparseable(element: dict) -> dict:
-    """What _parse gives for a record that does not parse."""
-    default_id = tf.strings.join(["record ", tf.strings.as_string(element["record"]),
-                                  " of file ", tf.strings.as_string(element["file"])])
-    return {"frames": tf.zeros([0], tf.string), "label": tf.zeros([0], tf.int32),
-            "id": default_id, "status": tf.constant(checks.NOT_PARSEABLE),
-            **{k: element[k] for k in ("q", "position", "file", "record")}}
-
-
-def _start_of(start_positions, seed, pipe_id, num_pipes, num_files, window):
-    """(stream seed, start position or None) of this input pipeline from a stored table."""
-    start = None
-    if start_positions is not None:
-        start = source.latest(start_positions, pipe_id, num_pipes, num_files, window, seed)
-        if start is None:
-            logging.warning("Input pipeline %d: the stored input positions belong to another "
-                            "layout (pipelines, files, shuffle window or seed); starting a "
-                            "fresh order.", pipe_id)
-    if start is not None:
-        seed = int(start[2])
-        logging.info("Input pipeline %d resumes its data stream exactly: epoch %d, record %d "
-                     "of the pipeline's stream.", pipe_id, start[5], start[8] + start[9] + 1)
-    elif seed is None:
-        seed = source.fresh_seed()
-    return seed, start
-
-
-def _tfds_stream(file_pattern, input_context, data_dir, seed, training, shuffle_buffer, repeat,
-                 start_positions, pipe_id, num_pipes):
-    """(seed, parsed TFDS examples with stream bookkeeping): shuffled by a buffer, so a resumed
-    run continues with a fresh order (seeded by where it stopped), never from the start."""
-    seed = source.fresh_seed() if seed is None else seed
-    resumed = None
-    if start_positions is not None:
-        resumed = source.latest(start_positions, pipe_id, num_pipes, 0, 0, None)
-    if resumed is not None:
-        seed = int(resumed[2]) ^ (int(resumed[8]) + 1)
-        logging.warning("Input pipeline %d reads TFDS, which cannot resume its order exactly: "
-                        "continuing with a fresh order.", pipe_id)
-    ds = _tfds_examples(file_pattern, input_context, data_dir)
-    if training and shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    layout = tf.constant(source.layout(pipe_id, num_pipes, seed, 0, 0))
-    first = int(resumed[8]) + 1 if resumed is not None else 0
-
-    def bookkeeping(q, example):
-        q = q + first
-        position = tf.concat([layout, tf.zeros([3], tf.int32), tf.cast([q], tf.int32),
-                              tf.zeros([source.POSITION_SIZE - 9], tf.int32)], 0)
-        return dict(example, q=q, position=position, file=tf.constant(-1, tf.int64), record=q,
-                    status=tf.constant(0))
-
-    return seed, ds.enumerate().map(bookkeeping)
-
-
-def _augmented(clips: tf.Tensor, params: tf.Tensor, on_device: bool) -> dict:
-    """uint8 clips [n, T, S, S, 3] and their parameter rows -> the element's clip keys: both
-    for the device, or the float32 clips augmented here (the same function the device runs)."""
-    if on_device:
-        return {"video": clips, device_augment.PARAMS_KEY: params}
-    return {"video": device_augment.apply_params(clips, params, batched=False)}
-
-
-def _pretrain_clips(frames, seed, num_frames, stride, crop_size, distribution, power,
-                    consistent, aug, on_device):
-    """Two clips of one video, video [2, T, S, S, 3]: interval-sampled starts, views 1 and 2."""
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    length = tf.size(frames)
-    starts = temporal.sample_clip_starts(length, num_frames, stride, distribution, power,
-                                         seed=seeds[0])
-    clips, params = [], []
-    for view in (1, 2):
-        indices = temporal.clip_frame_indices(starts[view - 1], length, num_frames, stride)
-        clip, row = spatial.clip_and_params(tf.gather(frames, indices), crop_size, view,
-                                            consistent, seeds[view], **aug)
-        clips.append(clip)
-        params.append(row)
-    return _augmented(tf.stack(clips), tf.stack(params), on_device)
-
-
-def _train_clip(frames, seed, num_frames, stride, crop_size, consistent, aug, on_device):
-    """One uniformly placed clip, video [T, S, S, 3], random resized crop + flip (+ color if
-    asked)."""
-    start_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed))
-    length = tf.size(frames)
-    start = temporal.sample_clip_start(length, num_frames, stride, seed=start_seed)
-    indices = temporal.clip_frame_indices(start, length, num_frames, stride)
-    clip, row = spatial.clip_and_params(tf.gather(frames, indices), crop_size, 1, consistent,
-                                        aug_seed, **aug)
-    return {k: v[0] for k, v in _augmented(clip[tf.newaxis], row[tf.newaxis],
-                                            on_device).items()}
-
-
-def _eval_views(frames, num_frames, stride, crop_size, num_temporal, num_spatial):
-    """All eval views, [Vt * Vs, T, S, S, 3]: each distinct frame decoded once, only the
-    union of the square crops decoded."""
-    length = tf.size(frames)
-    starts = temporal.eval_clip_starts(length, num_frames, stride, num_temporal)
-    indices = tf.reshape(temporal.clip_frame_indices(starts, length, num_frames, stride), [-1])
-    unique, position = tf.unique(indices)
-    jpegs = tf.gather(frames, unique)
-    shape = tf.io.extract_jpeg_shape(jpegs[0])
-    windows = spatial.eval_crop_windows(shape[0], shape[1], num_spatial)
-    top_left = tf.reduce_min(windows[:, :2], axis=0)
-    bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
-    union = tf.concat([top_left, bottom_right - top_left], 0)
-    decoded = spatial.decode_windows(jpegs, union)
-    views = []
-    for v in range(num_spatial):
-        win = tf.concat([windows[v, :2] - top_left, windows[v, 2:]], 0)
-        crops = spatial.crop_and_resize(decoded, win[tf.newaxis], crop_size, same_window=True)
-        views.append(tf.reshape(tf.gather(crops, position),
-                                [num_temporal, num_frames, crop_size, crop_size, 3]))
-    video = tf.reshape(tf.stack(views, axis=1),
-                       [num_temporal * num_spatial, num_frames, crop_size, crop_size, 3])
-    return video

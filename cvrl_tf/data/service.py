@@ -12,6 +12,11 @@ Each server prints one line with its address and serves until interrupted (Ctrl-
 Training uses them with run.data_service_address='grpc://HOST:5050' (job.py calls
 `distribute`). WORKSPACE.md says how to run them next to a TPU VM.
 """
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import os
 import signal
@@ -21,6 +26,9 @@ import threading
 from typing import Optional, Sequence
 
 import tensorflow as tf
+
+from cvrl_tf.runtime import internals
+from cvrl_tf.runtime import cli
 
 PROTOCOL = "grpc"
 CONNECT_TIMEOUT_S = 10.0
@@ -199,7 +207,7 @@ def _wait(stop: threading.Event, server) -> bool:
     workers = None
     while not stop.wait(2.0):
         if isinstance(server, _service.DispatchServer):
-            count = server._num_workers()  # pylint: disable=protected-access
+            count = internals.data_service_num_workers(server)
             if count != workers:
                 print(f"{count} worker(s) registered.", flush=True)
                 workers = count
@@ -228,6 +236,7 @@ def _wait_for_dispatcher(address: str, stop: threading.Event) -> bool:
     return False
 
 
+@cli.guard
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: start the dispatcher or a worker, print its address, serve until
     interrupted. Exit 0 after an interrupt, 1 when the server cannot start or stop, 2 on bad
@@ -250,7 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 0
             advertised = advertised_address(args.dispatcher_address, args.worker_address)
             server = start_worker(args.dispatcher_address, args.port, args.worker_address)
-            port = server._address.rsplit(":", 1)[1]  # pylint: disable=protected-access
+            port = internals.data_service_worker_address(server).rsplit(":", 1)[1]
             print(f"tf.data service worker at {advertised.replace('%port%', port)} for the "
                   f"dispatcher at {args.dispatcher_address}; Ctrl-C stops it.", flush=True)
     except (tf.errors.OpError, RuntimeError, ValueError) as e:

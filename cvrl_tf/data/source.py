@@ -28,6 +28,8 @@ POSITION_FIELDS = ("pipeline", "num_pipelines", "seed", "num_files", "window", "
                        f"offset{i}" for i in range(CYCLE))
 POSITION_SIZE = len(POSITION_FIELDS)
 _LAYOUT = 5  # The first fields: which stream a position belongs to.
+_SEED, _EPOCH, _WINDOW_START, _INDEX = (POSITION_FIELDS.index(f) for f in
+                                        ("seed", "epoch", "window_start", "index_in_window"))
 _RECORD_OVERHEAD = 16  # Bytes a TFRecord adds around each record (length, 2 CRCs).
 
 
@@ -70,20 +72,44 @@ def matches(position: np.ndarray, expected_layout: np.ndarray) -> bool:
     return np.array_equal(np.asarray(position)[:_LAYOUT], expected_layout)
 
 
+def read_order(positions) -> tf.Tensor:
+    """The one rule for which of several stream positions is the newest: int64 keys [N] of
+    positions [N, POSITION_SIZE] (int32 or int64, NumPy or a tensor) in reading order: the
+    epoch, then the record's raw index in it (its window's start plus its place in the window).
+    The trainer (in the step) and the resume (`latest`) both use it."""
+    positions = tf.cast(positions, tf.int64)
+    return (positions[:, _EPOCH] * 2**32 + positions[:, _WINDOW_START]
+            + positions[:, _INDEX])
+
+
+def records_before(position) -> int:
+    """How many records of its epoch the stream had read up to and including `position`."""
+    return int(position[_WINDOW_START]) + int(position[_INDEX]) + 1
+
+
+def seed_of(position) -> int:
+    """The stream seed a position carries (a run that drew its seed resumes with it)."""
+    return int(position[_SEED])
+
+
+def epoch_of(position) -> int:
+    """The epoch a position is in."""
+    return int(position[_EPOCH])
+
+
 def latest(positions: np.ndarray, pipeline: int, num_pipelines: int, num_files: int,
            window: int, seed: Optional[int] = None) -> Optional[np.ndarray]:
     """The newest position of this stream among stored rows (one per replica, several per
     pipeline), or None; seed=None accepts the seed the rows carry (a run that drew it)."""
     rows = np.asarray(positions, np.int64).reshape(-1, POSITION_SIZE)
-    keep = ((rows[:, 0] == pipeline) & (rows[:, 1] == num_pipelines) & (rows[:, 3] == num_files)
-            & (rows[:, 4] == window))
-    if seed is not None:
-        keep &= rows[:, 2] == seed % (2**31 - 1)
-    rows = rows[keep]
+    expected = layout(pipeline, num_pipelines, seed or 0, num_files, window)
+    same = rows[:, :_LAYOUT] == expected
+    same[:, _SEED] |= seed is None  # Any seed the rows carry.
+    rows = rows[np.all(same, axis=1)]
     if not len(rows):
         return None
-    newest = rows[np.argmax(rows[:, 5] * 2**32 + rows[:, 8] + rows[:, 9])]  # The latest read.
-    return newest if np.all(rows[:, 2] == newest[2]) else None
+    newest = rows[int(np.argmax(read_order(rows).numpy()))]
+    return newest if np.all(rows[:, _SEED] == newest[_SEED]) else None
 
 
 def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
@@ -125,54 +151,21 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
         key = tf.random.experimental.stateless_fold_in(stream_seed, epoch)
         return tf.cast(tf.argsort(tf.random.stateless_uniform([n], key)), tf.int64)
 
-    def file_elements(file_index, offset):
-        path, size = files_t[file_index], sizes_t[file_index]
-        exists = tf.size(tf.io.matching_files(path)) > 0
-        # A cut inside a record's header raises DataLossError, elsewhere the reader just ends:
-        # either way keep the records before the cut (the marker then reports it). A vanished
-        # file is filtered out first (ignore_errors would retry opening it forever).
-        recs = (tf.data.Dataset.from_tensors(path).filter(lambda _: exists)
-                .flat_map(lambda p: tf.data.TFRecordDataset(p).ignore_errors())
-                .map(lambda s: (s, False)))
-        marker = tf.data.Dataset.from_tensors((tf.constant(b""), True))
-
-        def count(state, element):
-            serialized, is_marker = element
-            num, total = state
-            out = {"serialized": serialized, "file": file_index, "record": num,
-                   "marker": is_marker, "problem": tf.logical_and(is_marker, total != size)}
-            grow = tf.cast(tf.logical_not(is_marker), tf.int64)
-            length = tf.cast(tf.strings.length(serialized), tf.int64) + _RECORD_OVERHEAD
-            return (num + grow, total + grow * length), out
-
-        ds = recs.concatenate(marker).scan((tf.constant(0, tf.int64),
-                                            tf.constant(0, tf.int64)), count).skip(offset)
-        if record_shard is not None:
-            shards, index = record_shard
-            ds = ds.filter(lambda x: tf.equal(
-                tf.where(x["marker"], x["file"], x["record"]) % shards, index))
-        return ds.filter(lambda x: tf.logical_or(tf.logical_not(x["marker"]), x["problem"]))
-
     def group_elements(epoch, group, order, offsets, first_slot):
         size = tf.minimum(tf.cast(cycle, tf.int64), n - group * cycle)
         slots = (first_slot + tf.range(cycle, dtype=tf.int64)) % cycle
         slots = tf.boolean_mask(slots, slots < size)
 
         def per_slot(slot):
-            return file_elements(order[group * cycle + slot], offsets[slot]).map(
+            return _file_records(files_t[order[group * cycle + slot]],
+                                 sizes_t[order[group * cycle + slot]],
+                                 order[group * cycle + slot], offsets[slot],
+                                 record_shard).map(
                 lambda x: dict(x, epoch=epoch, group=group, slot=slot))
 
         return tf.data.Dataset.from_tensor_slices(slots).interleave(
             per_slot, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
             deterministic=True)
-
-    def track(state, x):  # The reader's state before each raw element: where to reopen.
-        q, group, offsets = state
-        offsets = tf.where(tf.equal(x["group"], group), offsets, tf.zeros_like(offsets))
-        reader = tf.concat([tf.stack([x["epoch"], x["group"], x["slot"], q]), offsets], 0)
-        following = tf.tensor_scatter_nd_update(offsets, [[x["slot"]]], [x["record"] + 1])
-        return (q + 1, x["group"], following), dict(x, q=q, reader=reader,
-                                                    serialized=_hold(x["serialized"]))
 
     def shuffle_window(w):
         count = tf.shape(w["q"])[0]
@@ -210,7 +203,7 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
         raw = tf.data.Dataset.range(g_start, num_groups).flat_map(group_of)
         state = (tf.where(first_epoch, tf.constant(q0, tf.int64), 0), g_start,
                  tf.where(first_epoch, offsets0_t, tf.zeros_like(offsets0_t)))
-        ds = raw.scan(state, track).batch(window).map(shuffle_window).unbatch()
+        ds = raw.scan(state, _track).batch(window).map(shuffle_window).unbatch()
         return ds.skip(tf.where(first_epoch, tf.constant(skip0, tf.int64), 0))
 
     epochs = tf.data.Dataset.range(e0, 2**62) if repeat else tf.data.Dataset.range(e0, e0 + 1)
@@ -218,6 +211,47 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
     return ds.map(lambda x: dict({k: x[k] for k in ("file", "record", "q", "position",
                                                     "marker", "problem")},
                                  serialized=_release(x["serialized"])))
+
+
+def _file_records(path: tf.Tensor, size: tf.Tensor, file_index: tf.Tensor, offset: tf.Tensor,
+                  record_shard: Optional[tuple[int, int]]) -> tf.data.Dataset:
+    """One file's records from `offset` on (this pipeline's record shard only), each with its
+    index, then a marker element when the file vanished or was cut short."""
+    exists = tf.size(tf.io.matching_files(path)) > 0
+    # A cut inside a record's header raises DataLossError, elsewhere the reader just ends:
+    # either way keep the records before the cut (the marker then reports it). A vanished
+    # file is filtered out first (ignore_errors would retry opening it forever).
+    recs = (tf.data.Dataset.from_tensors(path).filter(lambda _: exists)
+            .flat_map(lambda p: tf.data.TFRecordDataset(p).ignore_errors())
+            .map(lambda s: (s, False)))
+    marker = tf.data.Dataset.from_tensors((tf.constant(b""), True))
+
+    def count(state, element):
+        serialized, is_marker = element
+        num, total = state
+        out = {"serialized": serialized, "file": file_index, "record": num,
+               "marker": is_marker, "problem": tf.logical_and(is_marker, total != size)}
+        grow = tf.cast(tf.logical_not(is_marker), tf.int64)
+        length = tf.cast(tf.strings.length(serialized), tf.int64) + _RECORD_OVERHEAD
+        return (num + grow, total + grow * length), out
+
+    ds = recs.concatenate(marker).scan((tf.constant(0, tf.int64),
+                                        tf.constant(0, tf.int64)), count).skip(offset)
+    if record_shard is not None:
+        shards, index = record_shard
+        ds = ds.filter(lambda x: tf.equal(
+            tf.where(x["marker"], x["file"], x["record"]) % shards, index))
+    return ds.filter(lambda x: tf.logical_or(tf.logical_not(x["marker"]), x["problem"]))
+
+
+def _track(state, x):
+    """The reader's state before each raw element (where to reopen), and its raw index q."""
+    q, group, offsets = state
+    offsets = tf.where(tf.equal(x["group"], group), offsets, tf.zeros_like(offsets))
+    reader = tf.concat([tf.stack([x["epoch"], x["group"], x["slot"], q]), offsets], 0)
+    following = tf.tensor_scatter_nd_update(offsets, [[x["slot"]]], [x["record"] + 1])
+    return (q + 1, x["group"], following), dict(x, q=q, reader=reader,
+                                                serialized=_hold(x["serialized"]))
 
 
 # A record's bytes (about 10 MB for a Kinetics video at short side 256) travel through the

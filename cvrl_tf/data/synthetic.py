@@ -14,6 +14,11 @@ clips of a video share is mostly their motion, which is what the demo is meant t
 
     python -m cvrl_tf.data.synthetic --output_dir DIR   # train/eval TFRecords + label_map.txt
 """
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import concurrent.futures
 import json
@@ -24,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl_tf.data import schema
+from cvrl_tf.runtime import cli
 
 CLASS_NAMES = ("moving_right", "moving_left", "moving_up", "moving_down", "growing", "shrinking")
 # Unit direction (dy, dx) per moving class; None for the size-changing classes.
@@ -163,6 +169,7 @@ def write_dataset(output_dir: str, num_train: int = 600, num_eval: int = 300,
     }
 
 
+@cli.guard
 def main(argv: Optional[list] = None) -> None:
     """CLI: write the data set and print its summary as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -19,6 +19,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf.training import console
 from cvrl_tf.training.config import ConfigError, warn
 
 BACKBONE_JSON = "backbone.json"
@@ -226,8 +227,7 @@ def resume(checkpoint: tf.train.Checkpoint, backbone, model_dir: str, warm_start
 
 
 def _said(origin: str) -> str:
-    logging.info("Initialized from %s", origin)
-    print(f"Initialized from {origin}", flush=True)
+    console.say(f"Initialized from {origin}")
     return origin
 
 

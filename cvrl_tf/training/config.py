@@ -9,13 +9,13 @@ import math
 import re
 from typing import Any, Callable, Mapping, Optional, Union
 
-from absl import logging
 import keras
 import tensorflow as tf
 
 from cvrl_tf import models
 from cvrl_tf.data import schema
 from cvrl_tf.data import service as data_service
+from cvrl_tf.training import console
 
 MODES = ("pretrain", "linear_eval", "finetune", "evaluate")
 CLASSIFIERS = ("linear", "finetune", "probe")
@@ -28,9 +28,8 @@ class ConfigError(ValueError):
 
 
 def warn(message: str) -> None:
-    """Logs and prints one config warning."""
-    logging.warning("Config warning: %s", message)
-    print(f"Config warning: {message}", flush=True)
+    """One config warning (console.warn)."""
+    console.warn(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +52,12 @@ class JobConfig:
     ('linear', 'finetune' or 'probe') picks the head mode 'evaluate' restores (default:
     'linear'). `jit_compile=None` means on for TPU only.
     `start_over=True` starts from `warm_start` (or scratch) when model_dir holds checkpoints
-    but none can be restored (else the run stops). `seed` replays the input pipeline;
-    `deterministic=True` also turns on TF op determinism, so a resumed run ends with the same
-    weights as an uninterrupted one.
+    but none can be restored (else the run stops). `seed` fixes the input order, the
+    augmentation and the model's initialization; unset, the run draws one at its first start
+    and keeps it in model_dir/seed.json (training/seeds.py), so a restarted run continues the
+    same stream either way. `deterministic=True` also turns on TF op determinism, so a resumed
+    run ends with the same weights as an uninterrupted one. `log_every_metric` prints every
+    metric of every loop on the console (always in model_dir/log.txt and TensorBoard).
     Training skips bad records (counted per cause in results.json 'input') and stops when
     more than `max_bad_fraction` of the records read were bad (judged after 1000 reads).
     `record_example_ids`: each worker appends every step's video id hashes to
@@ -91,7 +93,7 @@ class JobConfig:
     max_checkpoints: int = 5
     eval_steps: int = -1
     optimizer: str = "sgd"
-    base_lr: float = 0.32
+    base_lr: float = 0.0
     lr_scaling: str = "linear"
     lr_reference_batch: int = 1024
     momentum: float = 0.9
@@ -111,6 +113,7 @@ class JobConfig:
     mixed_precision: bool = False
     seed: Optional[int] = None
     deterministic: bool = False
+    log_every_metric: bool = False
     max_bad_fraction: float = 0.01
     record_example_ids: bool = False
     profile_steps: tuple = ()
@@ -171,10 +174,8 @@ def examples_per_epoch(cfg: JobConfig) -> Optional[int]:
         return None
     count = schema.read_example_count(cfg.train_data)
     if count:
-        logging.info("Epochs count %d training examples, as recorded next to %s.", count,
-                     cfg.train_data)
-        print(f"Epochs count {count} training examples (recorded next to {cfg.train_data}).",
-              flush=True)
+        console.say(f"Epochs count {count} training examples (recorded next to "
+                    f"{cfg.train_data}).")
     return count
 
 
@@ -239,7 +240,25 @@ def _check_mode(cfg: JobConfig) -> None:
                           f"'finetune' or 'probe'.")
 
 
+def check_data(cfg: JobConfig) -> None:
+    """The data globs match files: the first check of a run, before anything counts epochs or
+    builds a pipeline (`check` itself reads no file system unless epochs need counting)."""
+    fields = (("eval_data",) if cfg.mode == "evaluate" else ("train_data", "eval_data"))
+    for name in fields:
+        pattern = getattr(cfg, name)
+        if not pattern or pattern.startswith("tfds:"):
+            continue
+        try:
+            schema.resolve_files(pattern)
+        except ValueError as e:
+            raise ConfigError(f"run.{name}={pattern!r}: {e} Check the path (TRAIN_DATA / "
+                              f"EVAL_DATA in the gin file or --gin_param).") from None
+
+
 def _check_learning_rate(cfg: JobConfig) -> None:
+    if cfg.mode != "evaluate" and not cfg.base_lr > 0:
+        raise ConfigError(f"run.base_lr={cfg.base_lr!r} must be > 0: set the learning rate "
+                          f"(the gin/runs files set each mode's recipe value).")
     if cfg.lr_scaling not in ("linear", "none"):
         raise ConfigError(f"run.lr_scaling={cfg.lr_scaling!r} is unknown; use 'linear' "
                           f"(lr = base_lr * batch / lr_reference_batch) or 'none'.")
@@ -303,9 +322,6 @@ def check(cfg: JobConfig, strategy: tf.distribute.Strategy,
                               or not 0 <= cfg.profile_steps[0] < cfg.profile_steps[1]):
         raise ConfigError(f"run.profile_steps={cfg.profile_steps!r} must be (START, END) with "
                           f"0 <= START < END.")
-    if cfg.deterministic and cfg.seed is None:
-        raise ConfigError("run.deterministic=True replays a run only with a fixed input order "
-                          "and augmentation: set run.seed too (e.g. run.seed=1).")
     _check_data_service(cfg)
     steps = schedule(cfg, num_examples)
     _check_intervals(cfg, steps)

@@ -9,25 +9,15 @@ the rest of pretraining, then each linear evaluation, whose clips cost 1 / LINEA
 a pretraining clip (forward pass only, through a frozen backbone; measured, docs/DEMO.md).
 """
 import dataclasses
-import io
-import re
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional
 
-# A trainer progress line (trainer.Trainer._log_progress): step, total steps, clips/s.
-PROGRESS_LINE = re.compile(r"^step (\d+)/(\d+) \| .*\| ([0-9.]+) clips/s \|")
+from cvrl_tf.training import reporting
+from cvrl_tf.training.reporting import format_duration
 # Linear-evaluation clips/s over pretraining clips/s (docs/DEMO.md), and the share of a
 # run's start-up cost paid again after its last loop (final eval, checkpoint, results).
 LINEAR_SPEEDUP = 3.0
 END_COST_SHARE = 0.5
-
-
-def format_duration(seconds: float) -> str:
-    """m:ss (or h:mm:ss) of a non-negative duration."""
-    seconds = int(round(max(seconds, 0.0)))
-    hours, rest = divmod(seconds, 3600)
-    return (f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours
-            else f"{rest // 60}:{rest % 60:02d}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +55,12 @@ class DemoClock:
         self._phase_start = self._clock()
         self._lines = []
 
-    def on_progress(self, step: int, total: int, clips_per_sec: float) -> None:
-        """One trainer progress line of the current phase; prints the ETA at the right one."""
-        del clips_per_sec  # the loop's own figure includes tracing in loop 1; we time loops
-        self._lines.append((self._clock(), step))
+    def on_loop(self, loop: reporting.Loop) -> None:
+        """One finished loop of the current phase; prints the ETA at the right one. (The
+        loop's own clips/s includes tracing in loop 1: the clock times the loops itself.)"""
+        self._lines.append((self._clock(), loop.step))
         if self._phase == 0 and self.estimate is None and (len(self._lines) == 2
-                                                           or step >= total):
+                                                           or loop.step >= loop.total):
             self._estimate()
 
     def _estimate(self) -> None:
@@ -107,29 +97,3 @@ class DemoClock:
         return (f"[demo] wall time {format_duration(total)}; estimated "
                 f"{format_duration(self.estimate['total_sec'])} after "
                 f"{format_duration(self.estimate['printed_at_sec'])}")
-
-
-class ProgressWatcher(io.TextIOBase):
-    """A text stream that writes through to `stream` and reports trainer progress lines."""
-
-    def __init__(self, stream: TextIO, on_progress: Callable[[int, int, float], None]):
-        super().__init__()
-        self._stream = stream
-        self._on_progress = on_progress
-        self._pending = ""
-
-    def write(self, text: str) -> int:
-        self._stream.write(text)
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            match = PROGRESS_LINE.match(line)
-            if match:
-                self._on_progress(int(match[1]), int(match[2]), float(match[3]))
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def writable(self) -> bool:
-        return True

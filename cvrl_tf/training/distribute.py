@@ -15,6 +15,8 @@ from typing import Any, Mapping, Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
+from cvrl_tf.runtime import internals
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 # multi_worker: a worker silent for this many seconds counts as lost (coordination service
 # heartbeats; TF's default is 10 s, which a host busy writing a checkpoint could miss).
@@ -68,20 +70,10 @@ def _multi_worker_strategy(worker_timeout: float, collective_timeout: float
     if not worker_timeout > 0 or not collective_timeout > 0:
         raise ValueError(f"worker_timeout={worker_timeout!r} and collective_timeout="
                          f"{collective_timeout!r} must be > 0 seconds.")
-    # pylint: disable=C0415  # TF's own modules: no public API sets the heartbeat timeout.
-    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-    from tensorflow.python.distribute import multi_worker_util
-    from tensorflow.python.eager import context
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    cluster = resolver.cluster_spec()
-    if resolver.task_type in ("chief", "worker") and context.context().coordination_service \
-            is None:
-        jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
-                for job in ("chief", "worker") if job in cluster.jobs]
-        context.context().configure_coordination_service(
-            service_type="standalone",
-            service_leader=multi_worker_util.coordination_leader(cluster),
-            coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(worker_timeout * 1000))
+    if resolver.task_type in ("chief", "worker"):
+        internals.configure_coordination_service(resolver.cluster_spec(),
+                                                 int(worker_timeout * 1000))
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
         timeout_seconds=collective_timeout)

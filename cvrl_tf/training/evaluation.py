@@ -4,16 +4,17 @@
 CVRLModel's online probe). `run_evaluate` is mode 'evaluate': one checkpoint, or every new
 checkpoint of a directory as it appears (tf.train.checkpoints_iterator).
 """
-import os
-from typing import Callable
+from typing import Callable, Optional
 
-from absl import logging
 import orbit
 import tensorflow as tf
 
-from cvrl_tf.training import checkpoints
-from cvrl_tf.training import distribute
 from cvrl_tf import steps
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import controller as controller_lib
+from cvrl_tf.training import distribute
+from cvrl_tf.training import preemption
+from cvrl_tf.training import reporting
 from cvrl_tf.training import summaries
 from cvrl_tf.training import trainer as trainer_lib
 from cvrl_tf.training.config import Builders, ConfigError, JobConfig, build_model
@@ -28,8 +29,10 @@ def _logits_model(model) -> Callable:
 
 
 def make_evaluator(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders, model,
-                   views: tuple = (1, 1), prefix: str = "") -> trainer_lib.Evaluator:
-    """An evaluator over cfg.eval_data with views=(temporal, spatial) views per video."""
+                   views: tuple = (1, 1), prefix: str = "",
+                   stop_flag: Optional[tf.Variable] = None) -> trainer_lib.Evaluator:
+    """An evaluator over cfg.eval_data with views=(temporal, spatial) views per video (it
+    stops between batches once `stop_flag` is raised)."""
     num_frames, stride, crop_size = cfg.eval_clip
     multiview = views != (1, 1)
     batch = ((cfg.multiview_batch_size if multiview else 0) or cfg.eval_batch_size
@@ -46,7 +49,7 @@ def make_evaluator(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: B
 
     return trainer_lib.Evaluator(strategy=strategy, dataset_fn=dataset_fn,
                                  replica_step=steps.make_eval_step(_logits_model(model)),
-                                 prefix=prefix)
+                                 prefix=prefix, stop_flag=stop_flag)
 
 
 def _checkpoints(cfg: JobConfig, source: str):
@@ -61,7 +64,7 @@ def _checkpoints(cfg: JobConfig, source: str):
 
 
 def run_evaluate(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders,
-                 train_length: int = 0) -> dict:
+                 train_length: int = 0, stop_flag: Optional[tf.Variable] = None) -> dict:
     """Mode 'evaluate': restores each checkpoint and reports single-view (and 10x3) accuracy.
 
     Checkpoints come from run.eval_checkpoint (default: model_dir). Results go to
@@ -69,39 +72,36 @@ def run_evaluate(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Bui
     TensorBoard in model_dir/eval ('top1', 'top5', 'multiview_top1', 'multiview_top5').
     Continuous evaluation stops after run.eval_timeout seconds without a new checkpoint, or
     once a checkpoint at or past `train_length` steps (run.train_length, when set) was
-    evaluated.
+    evaluated. A raised `stop_flag` (a preemption notice) ends it between batches
+    (preemption.Stopped), with nothing written for the checkpoint under evaluation.
     """
     chief = distribute.is_chief(strategy)
     with strategy.scope():
         model = build_model(cfg, builders)
         step = orbit.utils.create_global_step()
     checkpoint = tf.train.Checkpoint(backbone=model.backbone, model=model, step=step)
-    evaluators = [make_evaluator(cfg, strategy, builders, model)]
+    evaluators = [make_evaluator(cfg, strategy, builders, model, stop_flag=stop_flag)]
     if cfg.multiview_eval:
         evaluators.append(make_evaluator(
-            cfg, strategy, builders, model,
-            views=(cfg.eval_temporal_views, cfg.eval_spatial_views), prefix="multiview_"))
-    eval_dir = os.path.join(cfg.model_dir, "eval") if chief else None
-    controllers = [orbit.Controller(global_step=step, evaluator=e, strategy=strategy,
-                                    eval_summary_dir=eval_dir) for e in evaluators]
+            cfg, strategy, builders, model, prefix="multiview_", stop_flag=stop_flag,
+            views=(cfg.eval_temporal_views, cfg.eval_spatial_views)))
+    scalars = controller_lib.Scalars(controller_lib.summary_dirs(cfg.model_dir, chief)[1])
+    progress = reporting.Progress("classifier", train_length)
     source = cfg.eval_checkpoint or cfg.model_dir
     history = []
-    for path in _checkpoints(cfg, source):
-        status = checkpoint.restore(path).expect_partial()
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError as e:
-            raise ConfigError(f"Checkpoint {path} does not hold this run's model (classifier "
-                              f"{cfg.classifier or 'linear'!r}); set run.classifier to the "
-                              f"head it was trained with and the same gin/models file.") from e
-        output = {"checkpoint": path, "global_step": int(step.numpy())}
-        for controller in controllers:
-            output.update(controller.evaluate(cfg.eval_steps))
-        output.pop("steps_per_second", None)
-        logging.info("Evaluated %s: %s", path, output)
-        history.append(output)
-        if cfg.continuous_eval and train_length and output["global_step"] >= train_length:
-            break
+    try:
+        for path in _checkpoints(cfg, source):
+            _restore(checkpoint, path, cfg)
+            output = {"checkpoint": path, "global_step": int(step.numpy())}
+            for evaluator in evaluators:
+                output.update(_evaluate(evaluator, cfg, path))
+            scalars.write(output, output["global_step"])
+            progress.evaluation(output["global_step"], output)
+            history.append(output)
+            if cfg.continuous_eval and train_length and output["global_step"] >= train_length:
+                break
+    finally:
+        scalars.close()
     if not history:
         raise ConfigError(f"No checkpoint appeared in {source!r} within run.eval_timeout="
                           f"{cfg.eval_timeout} s; start training first or raise the timeout.")
@@ -111,3 +111,23 @@ def run_evaluate(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Bui
         merged["evaluate"] = dict(results, history=history)
         summaries.write_results(cfg.model_dir, merged)
     return {"mode": "evaluate", "eval": results, "history": history}
+
+
+def _restore(checkpoint: tf.train.Checkpoint, path: str, cfg: JobConfig) -> None:
+    """Restores the model of a checkpoint; ConfigError when it holds another head."""
+    status = checkpoint.restore(path).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ConfigError(f"Checkpoint {path} does not hold this run's model (classifier "
+                          f"{cfg.classifier or 'linear'!r}); set run.classifier to the "
+                          f"head it was trained with and the same gin/models file.") from e
+
+
+def _evaluate(evaluator: trainer_lib.Evaluator, cfg: JobConfig, path: str) -> dict:
+    """One evaluator over the eval set; Stopped when a notice ends it."""
+    try:
+        return evaluator.evaluate(tf.constant(cfg.eval_steps))
+    except trainer_lib.EvaluationStopped:
+        raise preemption.Stopped(f"while evaluating {path}: no results were written for "
+                                 f"it") from None

@@ -1,11 +1,12 @@
 """One job of train.py, wired from a JobConfig: build, restore, loop, results.
 
-`run_job(cfg, strategy=..., builders=...)` checks the settings, builds the mode's model and
-optimizer under the strategy's scope, initializes them in the resume order
-(`checkpoints.resume`), drives an orbit Controller over the training data (with interleaved
-evaluation when there is an eval set) and writes results.json. Gin never appears here:
-train.py passes the gin-configured builders in as plain callables. `build_restored` is the
-build-and-restore phase on its own: what a run starts from.
+`run_job(cfg, strategy=..., builders=...)` checks the settings, settles the run's seed, builds
+the mode's model and optimizer under the strategy's scope, initializes them in the resume order
+(`checkpoints.resume`), drives the controller over the training data (with interleaved
+evaluation when there is an eval set) and writes results.json. A preemption notice (SIGTERM,
+SIGINT, a GCE maintenance or preemption event) stops it cleanly in any phase (`Stopped`). Gin
+never appears here: train.py passes the gin-configured builders in as plain callables.
+`build_restored` is the build-and-restore phase on its own: what a run starts from.
 """
 import contextlib
 import dataclasses
@@ -20,24 +21,28 @@ import numpy as np
 import orbit
 import tensorflow as tf
 
-from cvrl_tf.training import checkpoints
-from cvrl_tf.training import config
-from cvrl_tf.training import distribute
-from cvrl_tf.training import evaluation
 from cvrl_tf import optimizers
-from cvrl_tf.training import preemption
 from cvrl_tf import steps
-from cvrl_tf.training import summaries
-from cvrl_tf.training import trainer as trainer_lib
-from cvrl_tf.training.config import Builders, JobConfig
 from cvrl_tf.data import device_augment
 from cvrl_tf.data import schema
 from cvrl_tf.data import service as data_service
 from cvrl_tf.data import source
+from cvrl_tf.runtime import internals
+from cvrl_tf.training import books as books_lib
+from cvrl_tf.training import checkpoints
+from cvrl_tf.training import config
+from cvrl_tf.training import console
+from cvrl_tf.training import controller as controller_lib
+from cvrl_tf.training import distribute
+from cvrl_tf.training import evaluation
+from cvrl_tf.training import preemption
+from cvrl_tf.training import reporting
+from cvrl_tf.training import seeds
+from cvrl_tf.training import summaries
+from cvrl_tf.training import trainer as trainer_lib
+from cvrl_tf.training.config import Builders, JobConfig
 
-
-class Preempted(Exception):
-    """Training stopped after a preemption notice (the checkpoint of that step is saved)."""
+Stopped = preemption.Stopped
 
 
 @dataclasses.dataclass
@@ -46,7 +51,7 @@ class _Parts:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     global_step: tf.Variable
-    input_state: trainer_lib.InputState
+    input_state: books_lib.InputState
     checkpoint: tf.train.Checkpoint
     loss_weight_decay: float
 
@@ -78,7 +83,7 @@ def _build(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders,
             decay_variables=optimizers.decay_variables(model) if in_optimizer else None)
         optimizer.build(model.trainable_variables)
         global_step = orbit.utils.create_global_step()
-    input_state = trainer_lib.InputState(strategy.num_replicas_in_sync)
+    input_state = books_lib.InputState(strategy.num_replicas_in_sync)
     checkpoint = tf.train.Checkpoint(backbone=model.backbone, model=model, optimizer=optimizer,
                                      step=global_step, input=input_state)
     return _Parts(model, optimizer, global_step, input_state, checkpoint, in_loss)
@@ -102,25 +107,26 @@ def build_restored(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: B
 def _determinism(cfg: JobConfig):
     """Seeds Keras (model initialization) from run.seed; run.deterministic also turns on TF op
     determinism for the job (restored after)."""
-    from tensorflow.python.framework import config as tf_config  # pylint: disable=C0415
-    was = tf_config.is_op_determinism_enabled()
+    was = internals.op_determinism_enabled()
     if cfg.seed is not None:
         keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
-        tf_config.enable_op_determinism()
+        internals.set_op_determinism(True)
     try:
         yield
     finally:
         if cfg.deterministic and not was:
-            tf_config.disable_op_determinism()
+            internals.set_op_determinism(False)
 
 
 def _train_dataset_fn(cfg: JobConfig, builders: Builders,
-                      start_positions: Optional[np.ndarray] = None) -> Callable:
+                      start_positions: Optional[np.ndarray] = None,
+                      made: Optional[list] = None) -> Callable:
     """The per-input-pipeline training dataset (sharded by the strategy's InputContext),
     continuing after `start_positions` (the input positions a restored checkpoint holds); with
     run.data_service_address, computed by the tf.data service's workers (data/service.py),
-    which read in no fixed order (positions do not apply)."""
+    which read in no fixed order (positions do not apply). Each (context, dataset) made is
+    appended to `made`."""
     pretrain = cfg.mode == "pretrain"
     labels = cfg.num_classes if cfg.num_classes > 0 else None
     served = cfg.data_service_address
@@ -140,17 +146,20 @@ def _train_dataset_fn(cfg: JobConfig, builders: Builders,
                                    start_positions=None if served else start_positions)
         if served:  # The whole pipeline, batching included, runs on the service's workers.
             dataset = data_service.distribute(dataset, served)
+        if made is not None:
+            made.append((ctx, dataset))
         return dataset.map(trainer_lib.drop_strings)
 
     return dataset_fn
 
 
-def _record_namer(cfg: JobConfig, num_pipelines: int) -> Callable[[np.ndarray], str]:
+def _record_namer(cfg: JobConfig, made: list) -> Callable[[np.ndarray], str]:
     """Names a bad record from its (pipeline, file index, record index) row."""
     def name(row) -> str:
         pipeline, file_index, record = (int(v) for v in row)
         if file_index < 0:
             return f"record {record} of {cfg.train_data}"
+        num_pipelines = made[0][0].num_input_pipelines if made else 1
         try:
             files, _ = source.shard_files(schema.resolve_files(cfg.train_data), num_pipelines,
                                           pipeline)
@@ -160,141 +169,197 @@ def _record_namer(cfg: JobConfig, num_pipelines: int) -> Callable[[np.ndarray], 
     return name
 
 
-def _trainer(cfg: JobConfig, strategy: tf.distribute.Strategy, parts: _Parts,
-             dataset_fn: Callable, schedule: config.Schedule, jit: bool,
-             stop_flag: tf.Variable) -> trainer_lib.Trainer:
-    """The orbit trainer running the mode's replica step."""
+def _step_and_metrics(cfg: JobConfig, parts: _Parts) -> tuple:
+    """The mode's replica step, its metric names, clips per step and console kind."""
     if cfg.mode == "pretrain":
         replica_step = steps.make_pretrain_step(parts.model, parts.optimizer, cfg.temperature,
                                                 parts.loss_weight_decay, cfg.probe_loss_weight)
         metric_names = steps.PRETRAIN_METRICS + (
             steps.PROBE_METRICS if parts.model.probe is not None else ())
-        clips_per_step = 2 * cfg.global_batch_size
-    else:
-        replica_step = steps.make_classifier_step(parts.model, parts.optimizer,
-                                                  parts.loss_weight_decay, cfg.label_smoothing)
-        metric_names = steps.CLASSIFIER_METRICS
-        clips_per_step = cfg.global_batch_size
-    ids_path = None
-    if cfg.record_example_ids:
-        task_type, task_id = distribute.task_info(strategy)
-        tf.io.gfile.makedirs(os.path.join(cfg.model_dir, "example_ids"))
-        ids_path = os.path.join(cfg.model_dir, "example_ids",
-                                f"{task_type or 'worker'}-{task_id}.txt")
-    num_pipelines = getattr(strategy.extended, "_num_workers", 1) or 1
-    return trainer_lib.Trainer(
-        strategy=strategy, dataset_fn=dataset_fn, replica_step=replica_step,
-        global_step=parts.global_step, total_steps=schedule.total,
-        clips_per_step=clips_per_step, metric_names=metric_names, jit_compile=jit,
-        input_state=parts.input_state, stop_flag=stop_flag, ids_path=ids_path,
-        max_bad_fraction=cfg.max_bad_fraction,
-        describe_record=_record_namer(cfg, num_pipelines),
-        profile_steps=cfg.profile_steps, profile_dir=os.path.join(cfg.model_dir, "train"))
+        return replica_step, metric_names, 2 * cfg.global_batch_size, "pretrain"
+    replica_step = steps.make_classifier_step(parts.model, parts.optimizer,
+                                              parts.loss_weight_decay, cfg.label_smoothing)
+    return replica_step, steps.CLASSIFIER_METRICS, cfg.global_batch_size, "classifier"
 
 
-def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Builders) -> dict:
+def _ids_path(cfg: JobConfig, strategy: tf.distribute.Strategy) -> Optional[str]:
+    """model_dir/example_ids/<task>.txt when run.record_example_ids, else None."""
+    if not cfg.record_example_ids:
+        return None
+    task_type, task_id = distribute.task_info(strategy)
+    tf.io.gfile.makedirs(os.path.join(cfg.model_dir, "example_ids"))
+    return os.path.join(cfg.model_dir, "example_ids", f"{task_type or 'worker'}-{task_id}.txt")
+
+
+def _jit(cfg: JobConfig, strategy: tf.distribute.Strategy) -> bool:
+    """run.jit_compile, by default on for TPUs only."""
+    if cfg.jit_compile is None:
+        return isinstance(strategy, tf.distribute.TPUStrategy)
+    return cfg.jit_compile
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run under way: its parts, where it came from, and its loop."""
+    parts: _Parts
+    origin: str
+    start_step: int
+    trainer: trainer_lib.Trainer
+    controller: controller_lib.Controller
+    made: list
+
+
+def _prepare(cfg: JobConfig, strategy, builders: Builders, schedule, notice, on_loop,
+             verbose: bool, write_dir: str) -> _Run:
+    """Build and restore, the run's side files, the data, the trainer and the controller."""
+    chief = distribute.is_chief(strategy)
+    parts, origin = build_restored(cfg, strategy, builders, schedule)
+    notice.check("while building the model and restoring its state",
+                 f"nothing was trained in this run; the checkpoints in {cfg.model_dir} are "
+                 f"as they were")
+    start_step = int(parts.global_step.numpy())
+    if chief:
+        checkpoints.write_json(cfg.model_dir, checkpoints.BACKBONE_JSON,
+                               parts.model.backbone.get_config())
+        checkpoints.write_json(cfg.model_dir, checkpoints.CLIP_JSON, {
+            "num_frames": cfg.num_frames, "stride": cfg.stride, "crop_size": cfg.crop_size})
+    positions = (parts.input_state.positions.numpy()
+                 if origin.startswith("checkpoint:") else None)
+    made = []  # (InputContext, dataset) of each input pipeline this process builds
+    replica_step, metric_names, clips_per_step, kind = _step_and_metrics(cfg, parts)
+    books = books_lib.InputBooks(strategy, parts.input_state, ids_path=_ids_path(cfg, strategy),
+                                 max_bad_fraction=cfg.max_bad_fraction,
+                                 describe=_record_namer(cfg, made))
+    trainer = trainer_lib.Trainer(
+        strategy=strategy, dataset_fn=_train_dataset_fn(cfg, builders, positions, made),
+        replica_step=replica_step, global_step=parts.global_step,
+        clips_per_step=clips_per_step, metric_names=metric_names, jit_compile=_jit(cfg, strategy),
+        books=books, stop_flag=notice.flag)
+    evaluate = None
+    if cfg.eval_data and (cfg.mode != "pretrain" or parts.model.probe is not None):
+        evaluator = evaluation.make_evaluator(cfg, strategy, builders, parts.model,
+                                              stop_flag=notice.flag)
+        evaluate = lambda: evaluator.evaluate(tf.constant(cfg.eval_steps))  # noqa: E731
+    train_dir, eval_dir = controller_lib.summary_dirs(cfg.model_dir, chief)
+    saver = checkpoints.Saver(parts.checkpoint, write_dir, parts.global_step,
+                              schedule.checkpoint_every, cfg.max_checkpoints,
+                              guarded=parts.model.trainable_variables)
+    controller = controller_lib.Controller(
+        trainer=trainer, schedule=schedule, saver=saver,
+        progress=reporting.Progress(kind, schedule.total, verbose=verbose or cfg.log_every_metric,
+                                    on_loop=on_loop),
+        profiler=reporting.Profiler(cfg.profile_steps, train_dir, schedule.total),
+        evaluate=evaluate, summary_dir=train_dir, eval_dir=eval_dir)
+    if chief:
+        if cfg.image_summaries and start_step == 0:
+            summaries.write_clip_images(train_dir, _first_batch(made),
+                                        pretrain=cfg.mode == "pretrain")
+        summaries.write_config(cfg.model_dir, train_dir, builders.config_str())
+    return _Run(parts, origin, start_step, trainer, controller, made)
+
+
+def _train(run: _Run, notice: preemption.Notice) -> controller_lib.Outcome:
+    """The loop, then the final save; a notice during an evaluation saves the step first."""
+    try:
+        outcome = run.controller.run()
+    except trainer_lib.EvaluationStopped:
+        run.controller.saver.maybe_save(force=True)
+        raise notice.stopped(f"while evaluating at step {_step(run)}",
+                             f"the checkpoint of step {_step(run)} is saved; that "
+                             f"evaluation's results were not written") from None
+    run.controller.saver.maybe_save(force=True)
+    if not outcome.preempted:
+        run.controller.final_check()
+    return outcome
+
+
+def _step(run: _Run) -> int:
+    return int(run.parts.global_step.numpy())
+
+
+def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Builders,
+            on_loop: Optional[Callable[[reporting.Loop], None]] = None,
+            verbose: bool = False) -> dict:
     """Runs cfg.mode end to end under strategy; returns the results written to results.json.
 
-    On a preemption notice (SIGTERM, SIGINT, a GCE maintenance or preemption event) training
-    stops after the current step on every worker, that step is checkpointed, and the results
-    say 'preempted' (the same command resumes it).
+    A preemption notice (SIGTERM, SIGINT, a GCE maintenance or preemption event) stops the run
+    cleanly in any phase: in training after the current step on every worker, that step
+    checkpointed, results 'preempted' (the same command resumes it); elsewhere at the phase's
+    end, saying what was and was not saved. `on_loop` receives every loop's figures
+    (reporting.Loop); `verbose` prints every metric per loop.
     """
     start = time.time()
-    schedule = config.check(cfg, strategy)
-    if cfg.mode == "evaluate":
-        return evaluation.run_evaluate(cfg, strategy, builders, schedule.total)
-    chief = distribute.is_chief(strategy)
+    with preemption.Notice(tf.Variable(False, trainable=False, name="notice")) as notice:
+        try:
+            config.check_data(cfg)
+            schedule = config.check(cfg, strategy)
+            if cfg.mode != "evaluate":
+                cfg = seeds.settle(cfg, strategy)
+            notice.check("while starting", "nothing was trained or saved")
+            if cfg.mode == "evaluate":
+                return evaluation.run_evaluate(cfg, strategy, builders, schedule.total,
+                                               stop_flag=notice.flag)
+            return _run_training(cfg, strategy, builders, schedule, notice, on_loop, verbose,
+                                 start)
+        except Stopped as stopped:
+            console.say(f"Stopped {stopped}. Run the same command again to resume.")
+            return {"mode": cfg.mode, "preempted": True, "stopped": str(stopped),
+                    "seed": cfg.seed}
+
+
+def _run_training(cfg: JobConfig, strategy, builders: Builders, schedule, notice, on_loop,
+                  verbose: bool, start: float) -> dict:
+    """Modes pretrain, linear_eval and finetune: prepare, train, final save, results."""
     write_dir = distribute.write_dir(cfg.model_dir, strategy)
-    jit = (isinstance(strategy, tf.distribute.TPUStrategy) if cfg.jit_compile is None
-           else cfg.jit_compile)
-    pretrain = cfg.mode == "pretrain"
-    train = None
+    run = None
     try:
-        with _precision(cfg.mixed_precision), _determinism(cfg):
-            # Build and restore: the model and optimizer under the strategy's scope, then the
-            # resume order of checkpoints.resume (checkpoint, warm start, scratch).
-            parts, origin = build_restored(cfg, strategy, builders, schedule)
-            backbone_kwargs = parts.model.backbone.get_config()
-            start_step = int(parts.global_step.numpy())
-            if chief:
-                checkpoints.write_json(cfg.model_dir, checkpoints.BACKBONE_JSON,
-                                       backbone_kwargs)
-                checkpoints.write_json(cfg.model_dir, checkpoints.CLIP_JSON, {
-                    "num_frames": cfg.num_frames, "stride": cfg.stride,
-                    "crop_size": cfg.crop_size})
-
-            # Loop: data (continuing where the checkpoint's input stood), the trainer, the
-            # evaluator, checkpoints every interval and on a preemption notice.
-            positions = (parts.input_state.positions.numpy()
-                         if origin.startswith("checkpoint:") else None)
-            made = []  # The datasets the trainer's strategy made: one per input pipeline here.
-            dataset_fn = _recorded(_train_dataset_fn(cfg, builders, positions), made)
-            stop_flag = tf.Variable(False, trainable=False, name="preemption_notice")
-            train = _trainer(cfg, strategy, parts, dataset_fn, schedule, jit, stop_flag)
-            evaluator = None
-            if cfg.eval_data and (not pretrain or parts.model.probe is not None):
-                evaluator = evaluation.make_evaluator(cfg, strategy, builders, parts.model)
-            saver = checkpoints.Saver(parts.checkpoint, write_dir, parts.global_step,
-                                      schedule.checkpoint_every, cfg.max_checkpoints,
-                                      guarded=parts.model.trainable_variables)
-
-            def after_loop(_):
-                saver.maybe_save(force=train.stopped_early)
-                if train.stopped_early:
-                    raise Preempted()
-
-            summary_dir = os.path.join(cfg.model_dir, "train") if chief else None
-            controller = orbit.Controller(
-                global_step=parts.global_step, trainer=train, evaluator=evaluator,
-                strategy=strategy, steps_per_loop=schedule.steps_per_loop,
-                train_actions=[after_loop], summary_dir=summary_dir,
-                eval_summary_dir=os.path.join(cfg.model_dir, "eval") if chief else None)
-            if chief:
-                if cfg.image_summaries and start_step == 0:
-                    summaries.write_clip_images(summary_dir, _first_batch(made[0]),
-                                                pretrain=pretrain)
-                summaries.write_config(cfg.model_dir, summary_dir, builders.config_str())
-            eval_output, preempted = None, False
-            try:
-                with preemption.Notice(stop_flag):
-                    if evaluator is not None and start_step < schedule.total:
-                        eval_output = controller.train_and_evaluate(
-                            schedule.total, eval_steps=cfg.eval_steps,
-                            eval_interval=schedule.eval_every or None)
-                    elif evaluator is not None:
-                        eval_output = controller.evaluate(cfg.eval_steps)
-                    else:
-                        controller.train(schedule.total, checkpoint_at_completion=False)
-            except Preempted:
-                preempted = True
-            saver.maybe_save(force=True)
-
-        # Results.
-        step = int(parts.global_step.numpy())
-        digest = weights_digest(parts.model.variables + parts.optimizer.variables)
-        task_type, task_id = distribute.task_info(strategy)
-        logging.info("Final weights of %s %d at step %d: sha256 %s", task_type or "worker",
-                     task_id, step, digest)
-        results = {
-            "mode": cfg.mode, "global_step": step, "start_step": start_step,
-            "total_steps": schedule.total, "num_replicas": strategy.num_replicas_in_sync,
-            "initialized_from": origin, "preempted": preempted,
-            "train": dict(train.last_output), "eval": dict(eval_output or {}),
-            "input": parts.input_state.summary(), "weights_sha256": digest,
-            "wall_time_sec": time.time() - start,
-        }
-        if chief:
-            summaries.write_results(cfg.model_dir, results)
-        if preempted:
-            message = (f"Preempted: saved the checkpoint of step {step} in {cfg.model_dir}; "
-                       f"run the same command again to resume from it.")
-            logging.warning(message)
-            print(message, flush=True)
-        return results
+        with console.log_file(write_dir), _precision(cfg.mixed_precision), _determinism(cfg):
+            run = _prepare(cfg, strategy, builders, schedule, notice, on_loop, verbose,
+                           write_dir)
+            outcome = _train(run, notice)
+            results = _results(cfg, strategy, run, schedule, outcome, time.time() - start)
+            if notice.reason and not outcome.preempted:
+                console.say(f"A stop notice ({notice.reason}) came after the last step; the "
+                            f"run finished and saved step {results['global_step']}.")
+            return results
     finally:
-        if train is not None:
-            train.close()
+        if run is not None:
+            run.trainer.close()
         distribute.remove_write_dir(write_dir, cfg.model_dir)
+
+
+def _results(cfg: JobConfig, strategy, run: _Run, schedule, outcome, wall: float) -> dict:
+    """results.json (written by the chief), the final weights' digest, the closing lines."""
+    step = _step(run)
+    digest = weights_digest(run.parts.model.variables + run.parts.optimizer.variables)
+    task_type, task_id = distribute.task_info(strategy)
+    logging.info("Final weights of %s %d at step %d: sha256 %s", task_type or "worker",
+                 task_id, step, digest)
+    results = {
+        "mode": cfg.mode, "global_step": step, "start_step": run.start_step,
+        "total_steps": schedule.total, "num_replicas": strategy.num_replicas_in_sync,
+        "initialized_from": run.origin, "preempted": outcome.preempted, "seed": cfg.seed,
+        "train": dict(run.controller.last_output), "eval": dict(outcome.eval_output or {}),
+        "input": run.parts.input_state.summary(), "weights_sha256": digest,
+        "wall_time_sec": wall,
+    }
+    if distribute.is_chief(strategy):
+        path = summaries.write_results(cfg.model_dir, results)
+    if outcome.preempted:
+        console.say(f"Preempted: saved the checkpoint of step {step} in {cfg.model_dir}; "
+                    f"run the same command again to resume from it.")
+    elif distribute.is_chief(strategy):
+        console.say(_summary_line(results, path))
+    return results
+
+
+def _summary_line(results: dict, path: str) -> str:
+    """The closing line: steps, time, the final loss and evaluation, where the results are."""
+    parts = [f"Finished at step {results['global_step']}/{results['total_steps']} in "
+             f"{reporting.format_duration(results['wall_time_sec'])}"]
+    parts += reporting.format_metrics(results["train"], (("loss", "loss", "#.3g"),))
+    parts += reporting.format_metrics(results["eval"], reporting.EVAL_METRICS)
+    return " | ".join(parts + [f"results in {path}"])
 
 
 def weights_digest(variables) -> str:
@@ -308,21 +373,12 @@ def weights_digest(variables) -> str:
     return sha.hexdigest()
 
 
-def _recorded(dataset_fn: Callable, made: list) -> Callable:
-    """dataset_fn, appending each dataset it makes to `made`."""
-    def recording_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = dataset_fn(ctx)
-        made.append(dataset)
-        return dataset
-    return recording_fn
-
-
-def _first_batch(dataset: tf.data.Dataset) -> tf.Tensor:
+def _first_batch(made: list) -> tf.Tensor:
     """The video of the first per-replica batch of this process's training dataset, as the
     model sees it (device-side augmentation applied here), for the image summaries. A new
     iterator over the dataset the trainer already built: no second pipeline to build and trace,
     and the trainer's own iterator is left untouched."""
-    batch = next(iter(dataset.take(1)))
+    batch = next(iter(made[0][1].take(1)))
     if device_augment.PARAMS_KEY in batch:  # Eagerly, the batched form is the fast one.
         batch = device_augment.augment_batch(batch, batched=True)
     return batch["video"]

@@ -56,6 +56,11 @@ def metadata_poller(base_url: str) -> Callable[[], Optional[str]]:
     return poll
 
 
+class Stopped(Exception):
+    """A run stopped on a notice outside the training loop; the message says in which phase
+    and what was and was not saved."""
+
+
 class Notice:
     """Sets `flag` (a bool tf.Variable) when the process is told it will be stopped.
 
@@ -80,9 +85,18 @@ class Notice:
         if self.reason is None:
             self.reason = reason
             logging.warning("Preemption notice: %s; stopping after the current step.", reason)
-            print(f"Preemption notice ({reason}): saving a checkpoint after the current step.",
+            print(f"Stop notice ({reason}): stopping cleanly after the current step or phase.",
                   flush=True)
         self.flag.assign(True)
+
+    def stopped(self, phase: str, saved: str) -> Stopped:
+        """The Stopped error of a notice that arrived during `phase` ('while ...')."""
+        return Stopped(f"({self.reason}) {phase}: {saved}")
+
+    def check(self, phase: str, saved: str) -> None:
+        """Raises Stopped when a notice arrived (call it at the end of a phase)."""
+        if self.reason is not None:
+            raise self.stopped(phase, saved)
 
     def __enter__(self) -> "Notice":
         if self._signals:
