@@ -2,7 +2,7 @@
 
 Importing cvrl_tf turns TensorFlow's oneDNN CPU kernels on (TF_ENABLE_ONEDNN_OPTS=1) unless
 the variable is already set. TensorFlow enables them by default only on CPUs with AVX-512
-VNNI/BF16 or AMX; on AVX2-only CPUs they train the R3D about twice as fast (docs/DEMO.md).
+VNNI/BF16 or AMX; on AVX2-only CPUs they train the R3D much faster (docs/BENCHMARKS.md).
 It acts only if cvrl_tf is imported before TensorFlow (as `python -m cvrl_tf.train` and
 `python -m cvrl_tf.demo` do); set TF_ENABLE_ONEDNN_OPTS=0 to keep them off.
 
@@ -10,7 +10,7 @@ On Linux with glibc, importing cvrl_tf also has malloc serve blocks up to 32 MB 
 and keep up to 64 MB free at the top of it (the limits glibc's own adaptive thresholds end at),
 instead of mapping fresh pages for large blocks (above 128 kB at first) and unmapping them: a
 video record is about 10 MB at Kinetics sizes, and faulting and zeroing fresh pages for each
-record, frame array and clip cost about a tenth of the host pipeline's CPU
+record, frame array and clip cost a measurable share of the host pipeline's CPU
 (docs/BENCHMARKS.md). This acts whenever cvrl_tf is imported. CVRL_TF_TUNE_MALLOC=0 keeps
 glibc's defaults (1, the default, applies these; any other value is refused), and so does
 exporting MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or a glibc.malloc setting in

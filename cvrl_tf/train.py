@@ -183,7 +183,7 @@ def main(argv: Sequence[str]) -> None:
         message = lost_worker_message(e, job_config(FLAGS.model_dir).model_dir)
         logging.error("%s\n%s", message, e)
         print(message, flush=True)
-        # Not sys.exit: TF's teardown would wait (about half a minute, measured) on the lost
+        # Not sys.exit: TF's teardown would wait (docs/DESIGN.md, "A lost worker") on the lost
         # peer's shutdown barrier; nothing is left to save.
         std_logging.shutdown()
         sys.stderr.flush()

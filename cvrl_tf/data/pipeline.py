@@ -56,7 +56,7 @@ def _tfds_examples(file_pattern: str, input_context, data_dir: Optional[str]):
 
 # The pipeline is plain graph code (tf.cond and tf.where, no Python control flow on tensors), so
 # tf.data need not run AutoGraph on its functions: do_not_convert switches it off for every
-# function made while building (about 1-2 s of each process's start-up; docs/DESIGN.md).
+# function made while building (seconds of each process's start-up; docs/NOTES.md).
 @tf.autograph.experimental.do_not_convert
 def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_batch_size: int,
                   num_frames: int, stride: int, crop_size: int,
@@ -98,10 +98,10 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     'last_bad' int32 [len(CAUSES), 3] (checks.py). `start_positions`: positions a previous run
     stored (any number of rows); the stream continues after the newest of this pipeline's.
     skip_bad_records: None skips in training modes and refuses in 'eval'. Skipping catches a
-    failing parse or JPEG decode per record, which costs about 0.5 ms of host CPU per record
-    (a one-record dataset each time, measured on the demo's videos): about 2% of a Kinetics-size
-    record's (2 clips at 11 ms, docs/BENCHMARKS.md), but 30-45% of the pipeline for the demo's
-    48x48 videos, which therefore refuses instead (its data set is generated).
+    failing parse or JPEG decode per record (a one-record dataset each time): a small part of a
+    Kinetics-size record's cost (docs/BENCHMARKS.md) but a large share of the pipeline for the
+    demo's 48x48 videos (docs/DEMO.md), which therefore refuses instead (its data set is
+    generated).
     shuffle_buffer: records per shuffled window (1: no shuffling).
     """
     if mode not in MODES:
