@@ -4,8 +4,8 @@ Noise and flat synthetic frames decode at unrealistic speeds (noise is slow, fla
 the frames are views of the two photographs scikit-learn ships (`load_sample_images`, 427x640)
 moving slowly from one random viewport to another: short side 256 (16:9, 456x256, as
 `ffmpeg -vf scale=-2:256` makes of a YouTube video), 250 frames (10 s at 25 fps), JPEG quality
-90 with 4:2:0 chroma, which gives the same bytes per frame as ffmpeg's mjpeg encoder at
-`-q:v 2` (42.2 kB vs 41.7 kB on one frame of these records). The records use cvrl_tf's schema
+90 with 4:2:0 chroma, which gives about the bytes per frame of ffmpeg's mjpeg encoder at
+`-q:v 2` (docs/BENCHMARKS.md, "Input pipeline"). The records use cvrl_tf's schema
 (docs/DESIGN.md), which the Model Garden video_ssl loader reads too.
 """
 import os

@@ -13,10 +13,10 @@ below). This measures the same three things here and divides:
   the same Eigen code on every x86 CPU, so 'eigen' is the core's own speed; 'onednn' adds the
   instruction set (AVX-512 here, AVX2 on older CPUs).
 
-Width 16 is the model of the issue that reported the slow machines (an AVX2-only AMD EPYC:
-66-83 clips/s with oneDNN off, 160-186 with it on, in a bare train step), so those figures
-can be compared with this command's. It prints the estimates `make test` ~ python x its time
-here and `make demo` ~ onednn x its time here, and one line
+Width 16 is the model of the issue that reported the slow machines (an AVX2-only AMD EPYC), so
+the bare-step figures it reported can be compared with this command's (both:
+docs/BENCHMARKS.md, "This machine against others"). It prints the estimates `make test` ~
+python x its time here and `make demo` ~ onednn x its time here, and one line
 `RESULT python_factor=... trace_factor=... eigen_factor=... onednn_factor=...
 est_make_test_min=... est_make_demo_min=...`. Run it on an idle machine:
 
@@ -38,9 +38,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = {
     "machine": "2-core AMD EPYC (Zen 5, AVX-512), 2026-11-30",
     "python_s": 0.457, "trace_s": 1.02, "eigen_clips_per_s": 218.0, "onednn_clips_per_s": 715.0,
-    # The same machine (docs/DESIGN.md, docs/DEMO.md): pytest's own time of `make test` since
-    # the scenarios moved to `make test-scenarios` (158.6 s, 165.1 s in a fresh clone) and the
-    # whole demo at 540 pretraining steps (2:28-2:44 in five idle runs; docs/DEMO.md).
+    # The same machine: pytest's own time of `make test` since the scenarios moved to
+    # `make test-scenarios` (docs/BENCHMARKS.md, "The test suite") and the whole demo at 540
+    # pretraining steps (docs/DEMO.md).
     "make_test_s": 162.0, "make_demo_s": 160.0,
 }
 CLIP = (8, 32, 32, 3)

@@ -13,7 +13,7 @@ build_dataset(augment_on='device') emits (uint8 clips + parameter rows), so the 
 device_augment.augment_batch: its extra time is the augmentation's cost inside the step. On a
 CPU without XLA that is the per-clip form (batched=False, the CPU default); under XLA it is the
 batched form a TPU runs; 'augment alone' times augment_batch by itself. XLA makes Conv3D
-training much slower on a CPU (docs/DESIGN.md), so the XLA rows only show that everything
+training much slower on a CPU (docs/BENCHMARKS.md), so the XLA rows only show that everything
 compiles and what it costs here, not TPU speed.
 
     python -m bench.train_step                          # minutes on 2 cores

@@ -51,9 +51,8 @@ LINEAR_GIN = "experiments/demo_linear_eval.gin"
 
 def _data_bindings(data_dir: str) -> list[str]:
     """The demo's data set, and no per-record error catching on it: the demo wrote it, so a
-    bad record is refused (named) instead of skipped. Catching costs about 0.5 ms of host CPU
-    per record, 30-45% of the input pipeline on these 48x48 videos (build_dataset's
-    skip_bad_records; docs/DEMO.md)."""
+    bad record is refused (named) instead of skipped. Catching costs a large share of the input
+    pipeline on these 48x48 videos (build_dataset's skip_bad_records; docs/DEMO.md)."""
     return [f"TRAIN_DATA = {os.path.join(data_dir, 'train-*.tfrecord')!r}",
             f"EVAL_DATA = {os.path.join(data_dir, 'eval-*.tfrecord')!r}",
             "build_dataset.skip_bad_records = False"]

@@ -7,7 +7,7 @@ negatives are the same as on one device holding the whole batch.
 
 Scale: `info_nce` returns the mean over this replica's 2*N_local anchors, so the mean over
 replicas is the single-device loss on the global batch. The official video_ssl loss returns twice
-this value (the sum of its two per-view means); steps.py explains how its learning rate maps.
+this value (the sum of its two per-view means); docs/DESIGN.md, "The learning rate", maps its lr.
 """
 from typing import Dict, Tuple
 

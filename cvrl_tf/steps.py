@@ -9,17 +9,7 @@ the gradient of the global-batch mean loss: the same update on 1 replica with ba
 pairs in the [view 1 rows; view 2 rows] layout (per-replica batching, e.g.
 strategy.distribute_datasets_from_function), never by cutting one [2B] batch in two.
 
-Mapping a reference recipe's learning rate: if the reference's per-replica loss is c times ours
-(c = 2 for the official video_ssl code and SimCLR, whose loss is the sum of two per-view means)
-plus an L2 term 0.5 * wd_ref * |w|^2, and its gradients are summed over R_ref replicas without
-dividing the loss by R_ref (the official video_ssl pretraining step), its gradient is
-c * R_ref * (ours with wd = wd_ref / c). For SGD with momentum the update is linear in the
-gradient, so lr = c * R_ref * lr_ref and weight_decay = wd_ref / c reproduce it exactly (a code
-that divides by the replica count, like SimCLR, has R_ref = 1 here). Adam (up to its epsilon)
-and LARS's trust-ratio-adapted kernels are invariant to the gradient scale: keep lr_ref and use
-weight_decay = wd_ref / c. LARS's excluded variables (BN, biases) take plain momentum steps
-lr * g, which the scale does change: with lr_ref their steps are c * R_ref times smaller than
-the reference's, so no single lr matches the reference exactly under LARS.
+Mapping a reference recipe's learning rate to this convention: docs/DESIGN.md, "The learning rate".
 """
 from typing import Callable, Dict, Optional, Sequence
 

@@ -182,7 +182,7 @@ def _exit_lost_worker(error: BaseException, model_dir: str) -> None:
     message = lost_worker_message(error, model_dir)
     logging.error("%s\n%s", message, error)
     print(message, flush=True)
-    # Not sys.exit: TF's teardown would wait (about half a minute, measured) on the lost
+    # Not sys.exit: TF's teardown would wait (docs/DESIGN.md, "A lost worker") on the lost
     # peer's shutdown barrier; nothing is left to save.
     std_logging.shutdown()
     sys.stderr.flush()

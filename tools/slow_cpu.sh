@@ -5,12 +5,12 @@
 #   tools/slow_cpu.sh make test
 # How: one busy loop pinned to each core at nice 0, the command at nice SLOW_NICE (default 3):
 # the scheduler gives each of the command's threads about a third of a core (CFS weights 526
-# vs 1024; a pure-Python loop measured 2.74x slower on a 2-core AMD EPYC). And oneDNN limited
-# to its AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2 unless set; SLOW_ISA=ALL keeps this CPU's).
-# With both, `python -m bench.machine_factor` measured the issue's bare train step at 68
-# clips/s with oneDNN off and 159 with it on; the AVX2-only EPYC gave 66-83 and 160-186
-# (docs/DESIGN.md). Code that hands work between threads (collectives, tf.data, thread pools)
-# slows more than compute does: a woken thread waits for the busy loop's time slice.
+# vs 1024). And oneDNN limited to its AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2 unless set;
+# SLOW_ISA=ALL keeps this CPU's). With both, `python -m bench.machine_factor` measures the
+# issue's bare train step inside the ranges reported from the AVX2-only EPYC (the figures:
+# docs/BENCHMARKS.md, "This machine against others"). Code that hands work between threads
+# (collectives, tf.data, thread pools) slows more than compute does: a woken thread waits for
+# the busy loop's time slice.
 # Under the AVX2 cap TensorFlow still sees this CPU's AVX-512 and sends bfloat16 ops to
 # oneDNN, which then has no kernels for them (a crash): the suite skips its bfloat16 tests.
 set -u

@@ -41,7 +41,7 @@ from cvrl_tf.data.video_list import VideoSpec, read_video_list
 from cvrl_tf.runtime import cli
 
 REPORT_NAME = "convert_report.json"
-VIDEOS_PER_SHARD = 50  # Default sharding: about 200 MB per shard for 10 s Kinetics clips.
+VIDEOS_PER_SHARD = 50  # Default sharding (a 10 s Kinetics clip's size: docs/BENCHMARKS.md).
 _EPS = 1e-6  # Seconds: a tick this close to a frame's timestamp shows that frame.
 T = TypeVar("T")
 

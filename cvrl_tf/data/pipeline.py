@@ -82,10 +82,10 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     'last_bad' int32 [len(CAUSES), 3] (checks.py). `start_positions`: positions a previous run
     stored (any number of rows); the stream continues after the newest of this pipeline's.
     skip_bad_records: None skips in training modes and refuses in 'eval'. Skipping catches a
-    failing parse or JPEG decode per record, which costs about 0.5 ms of host CPU per record
-    (a one-record dataset each time, measured on the demo's videos): about 2% of a Kinetics-size
-    record's (2 clips at 11 ms, docs/BENCHMARKS.md), but 30-45% of the pipeline for the demo's
-    48x48 videos, which therefore refuses instead (its data set is generated).
+    failing parse or JPEG decode per record (a one-record dataset each time): a small part of a
+    Kinetics-size record's cost (docs/BENCHMARKS.md) but a large share of the pipeline for the
+    demo's 48x48 videos (docs/DEMO.md), which therefore refuses instead (its data set is
+    generated).
     shuffle_buffer: records per shuffled window (1: no shuffling).
     """
     s = _settings(mode, global_batch_size, num_frames, stride, crop_size, input_context,

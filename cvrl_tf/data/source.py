@@ -256,8 +256,8 @@ def _track(state, x):
 
 # A record's bytes (about 10 MB for a Kinetics video at short side 256) travel through the
 # shuffle window held by a variant (a tf.data Optional): batching, permuting and unbatching a
-# string tensor copies every byte three times (about 1 ms of host CPU per Kinetics clip, 8% of
-# the pipeline's host part, docs/BENCHMARKS.md); a variant is copied by reference.
+# string tensor copies every byte three times (their cost per Kinetics clip: docs/BENCHMARKS.md,
+# "Input pipeline"); a variant is copied by reference.
 def _hold(serialized: tf.Tensor) -> tf.Tensor:
     return tf.raw_ops.OptionalFromValue(components=[serialized])
 

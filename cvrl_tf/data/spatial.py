@@ -104,7 +104,8 @@ def crop_and_resize(frames: tf.Tensor, windows: tf.Tensor, crop_size: int,
 # treats the border as the image edge). Eval crops decode a margin around the window and slice
 # it off, so they equal crops of a full decode: 1 px was already exact over 2520 random windows
 # of 4:2:0, 4:2:2, 4:1:1, 4:4:4 and grayscale JPEGs; 2 px covers one chroma sample of 4:2:0.
-# Random training crops decode exactly the window (the margin and slice cost about 5%).
+# Random training crops decode exactly the window (the margin and slice cost host time:
+# docs/BENCHMARKS.md, "Tried, kept").
 _DECODE_MARGIN = 2
 
 
@@ -180,9 +181,10 @@ def decode_crop_and_resize(jpegs: tf.Tensor, windows: tf.Tensor, crop_size: int,
     chroma at as if they were the image edge (a few levels; `decode_windows` decodes a margin
     more for bit-exact eval crops). A window at least r = 2, 4 or 8 times the crop size on its
     short side is decoded at 1/r scale (libjpeg's DCT scaling: r^2 times fewer pixels to
-    transform; the entropy decoding stays, so decode + resize take 10-20% less at JPEG
-    quality 90) and resized; DCT scaling low-passes, so such crops are closer to an
-    antialiased resize of the full decode than a plain bilinear one is (tests/test_spatial.py).
+    transform; the entropy decoding stays, so decode + resize take somewhat less at JPEG
+    quality 90: docs/BENCHMARKS.md) and resized; DCT scaling low-passes, so such crops are
+    closer to an antialiased resize of the full decode than a plain bilinear one is
+    (tests/test_spatial.py).
     """
     windows = tf.cast(windows, tf.int32)
     image_size = tf.io.extract_jpeg_shape(jpegs[0])[:2]

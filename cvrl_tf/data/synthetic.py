@@ -9,7 +9,7 @@ and growing / shrinking are time reverses of each other, so the size distributio
 is the same for all classes. A single frame therefore cannot tell the class; two frames can.
 The videos are grey on purpose: with a random colour per background and object, two clips of
 one video were told apart from other videos by colour alone, and CVRL pretraining of the
-demo's tiny R3D learned motion only in some runs (docs/DESIGN.md); with grey levels, what two
+demo's tiny R3D learned motion only in some runs (docs/DEMO.md); with grey levels, what two
 clips of a video share is mostly their motion, which is what the demo is meant to show.
 
     python -m cvrl_tf.data.synthetic --output_dir DIR   # train/eval TFRecords + label_map.txt

@@ -6,13 +6,13 @@ demo, the converters, ...) call `tune_process()` first, before TensorFlow is imp
 users may call it too, or not. It makes three settings:
 - oneDNN: TF_ENABLE_ONEDNN_OPTS=1 unless the variable is set (even to ''). TensorFlow enables
   its oneDNN CPU kernels by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on AVX2-only
-  CPUs they train the R3D about twice as fast (docs/BENCHMARKS.md). TF_ENABLE_ONEDNN_OPTS=0
+  CPUs they train the R3D much faster (docs/BENCHMARKS.md). TF_ENABLE_ONEDNN_OPTS=0
   keeps them off.
 - malloc (Linux with glibc): blocks up to 32 MB come from the heap and up to 64 MB stay free at
   its top (the limits glibc's own adaptive thresholds end at), instead of fresh pages mapped
   and unmapped for every large block: a video record is about 10 MB at Kinetics sizes, and
-  faulting and zeroing fresh pages for each record, frame array and clip cost about a tenth of
-  the host pipeline's CPU (docs/BENCHMARKS.md). CVRL_TF_TUNE_MALLOC=0 keeps glibc's defaults (1,
+  faulting and zeroing fresh pages for each record, frame array and clip cost a measurable
+  share of the host pipeline's CPU (docs/BENCHMARKS.md). CVRL_TF_TUNE_MALLOC=0 keeps glibc's defaults (1,
   the default, applies these; any other value is refused), and so does exporting
   MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or a glibc.malloc setting in GLIBC_TUNABLES;
   with another allocator preloaded (tcmalloc, jemalloc) the setting is unused.

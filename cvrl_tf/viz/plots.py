@@ -48,8 +48,8 @@ def project_2d(features: np.ndarray, method: str = "pca", seed: int = 0
                              "method='pca' needs nothing.") from e
         perplexity = float(min(30.0, (len(x) - 1) / 3))
         # One OpenMP thread: for the few hundred points of an embedding map it is about as fast
-        # as two on an idle 2-core machine, uses a fifth less CPU, and is 2-3x faster while
-        # other work holds a core.
+        # as two on an idle 2-core machine, uses less CPU, and is faster while other work holds
+        # a core (docs/NOTES.md, sixth session).
         with threadpoolctl.threadpool_limits(1, user_api="openmp"):
             points = TSNE(2, perplexity=perplexity, init="pca",
                           random_state=seed).fit_transform(x)
