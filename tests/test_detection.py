@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.models import DetectionModel, RoIHead, build_backbone, roi_align, roi_head
+from cvrl_tf.models import (DetectionModel, RoIHead, build_backbone, kernel_variables, roi_align,
+                            roi_head)
 
 TINY = dict(depth=50, base_filters=4, blocks_per_stage=(1, 1, 1, 1),
             spatial_strides=(1, 2, 2, 1), spatial_dilations=(1, 1, 1, 2))
@@ -123,6 +124,9 @@ def test_detection_model_outputs_logits_per_box_on_non_square_clips():
     assert {id(v) for v in model.weights} == (
         {id(v) for v in model.backbone.weights} | {id(v) for v in model.head.weights})
     assert len(model.weights) == len(model.backbone.weights) + 2  # No variable twice.
+    # Weight decay reaches every conv kernel and the head's Dense kernel (not its bias).
+    assert {id(v) for v in kernel_variables(model)} == (
+        {id(v) for v in kernel_variables(model.backbone)} | {id(model.head.logits.kernel)})
     boxes = _boxes(np.random.default_rng(2), (2, 3))
     boxes[1, 2] = 0.0
     video = tf.constant(_clips())

@@ -89,9 +89,12 @@ def roi_align(feature_map: tf.Tensor, boxes: tf.Tensor, crop_size: int = 7,
 
 
 @keras.saving.register_keras_serializable(package="cvrl_tf")
-class RoIHead(keras.layers.Layer):
+class RoIHead(keras.Model):
     """Last-stage map [B, T', H', W', C] and boxes [B, M, 4] -> float32 logits [B, M, classes]:
     temporal mean, RoIAlign (crop_size), spatial max, dropout, Dense (SlowFast's ResNetRoIHead).
+
+    A keras.Model like the other heads, so its public `.layers` lead kernel_variables (weight
+    decay) to its Dense kernel.
     """
 
     def __init__(self, num_classes: int, crop_size: int = 7, dropout_rate: float = 0.5,
