@@ -1,4 +1,5 @@
-"""InfoNCE (NT-Xent) over the global batch: the CVRL objective with cross-replica negatives.
+"""The objectives: InfoNCE (NT-Xent) over the global batch, the CVRL objective with
+cross-replica negatives; and the per-action sigmoid cross-entropy of action detection (AVA).
 
 Each of the 2N clips of the global batch (N videos, two views each) is an anchor; its positive
 is the other view of the same video and the other 2N-2 clips are its negatives. Inside a replica
@@ -87,3 +88,47 @@ def info_nce(z1: tf.Tensor, z2: tf.Tensor,
         "num_candidates": tf.cast(tf.shape(candidates)[0], tf.float32),
     }
     return loss, metrics
+
+
+def detection_loss(labels: tf.Tensor, logits: tf.Tensor,
+                   box_mask: tf.Tensor) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """Per-action sigmoid cross-entropy of boxes: labels (multi-hot) and logits [B, M, C], box_mask
+    [B, M] (1 for a real box, 0 for padding). Returns (loss, {'box_accuracy'}).
+
+    The loss is the mean over the valid (box, action) entries of the GLOBAL batch, returned as
+    this replica's share such that the mean over replicas is that global mean (as info_nce's
+    is): replica r returns R * sum_r / (C * valid boxes of all replicas), the count summed
+    across replicas (a scalar all-reduce; on one replica, the plain mean). SlowFast and
+    MMAction2 take the BCE mean per GPU and average gradients, which weights a box on a GPU
+    with few boxes more than one on a crowded GPU; AVA's box counts vary from clip to clip, so
+    that update would depend on how the batch is split. The global mean equals theirs when
+    every replica holds as many valid boxes, gives one update for any replica count, and
+    keeps their learning rates (both are means over entries). Padded boxes count nowhere; no
+    valid box at all gives 0.
+    'box_accuracy': over this replica's valid boxes with at least one action, the fraction
+    whose highest logit is one of their actions (a cheap training signal; mAP is the metric).
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.float32)
+    valid = tf.cast(box_mask, tf.float32) > 0
+    if (logits.shape.rank != 3 or not labels.shape.is_compatible_with(logits.shape)
+            or not valid.shape.is_compatible_with(logits.shape[:2])):
+        raise ValueError(f"detection_loss needs labels and logits [B, M, C] and box_mask [B, M]; "
+                         f"got {labels.shape}, {logits.shape} and {box_mask.shape}.")
+    per_box = tf.reduce_sum(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
+    local_sum = tf.reduce_sum(tf.where(valid, per_box, 0.0))
+    num_boxes = tf.reduce_sum(tf.cast(valid, tf.float32))
+    ctx = tf.distribute.get_replica_context()
+    num_replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    if num_replicas > 1:  # The valid boxes of the global batch.
+        num_boxes = ctx.all_reduce(tf.distribute.ReduceOp.SUM, num_boxes)
+    num_classes = logits.shape[-1] or tf.cast(tf.shape(logits)[-1], tf.float32)
+    loss = num_replicas * local_sum / (tf.maximum(num_boxes, 1.0) * num_classes)
+
+    labelled = valid & (tf.reduce_max(labels, axis=-1) > 0)
+    top = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    hit = tf.gather(labels, top, batch_dims=2) > 0
+    correct = tf.reduce_sum(tf.cast(labelled & hit, tf.float32))
+    accuracy = correct / tf.maximum(tf.reduce_sum(tf.cast(labelled, tf.float32)), 1.0)
+    return loss, {"box_accuracy": accuracy}

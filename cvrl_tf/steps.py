@@ -1,13 +1,16 @@
-"""One replica step per mode (pretrain, classifier training, evaluation) for strategy.run.
+"""One replica step per mode (pretrain, classifier training, action detection, evaluation)
+for strategy.run.
 
 Loss scaling across replicas is written once, in `_minimize`: each replica divides its loss
 by num_replicas_in_sync, and the optimizer sums the replicas' gradients (Keras all-reduce SUM).
 Since `info_nce` is a per-replica mean whose replica mean is the global-batch loss (and the
 gathered negatives pass gradients back to their own replica), the applied gradient is exactly
 the gradient of the global-batch mean loss: the same update on 1 replica with batch 2B as on
-2 replicas with B each. A global batch must be split so that every replica holds whole video
-pairs in the [view 1 rows; view 2 rows] layout (per-replica batching, e.g.
-strategy.distribute_datasets_from_function), never by cutting one [2B] batch in two.
+2 replicas with B each. `detection_loss` keeps that contract: its replica mean is the mean over
+the global batch's valid boxes, however they are split across replicas. A pretraining batch
+must be split so that every replica holds whole video pairs in the [view 1 rows; view 2 rows]
+layout (per-replica batching, e.g. strategy.distribute_datasets_from_function), never by
+cutting one [2B] batch in two.
 
 Mapping a reference recipe's learning rate to this convention: docs/DESIGN.md, "The learning rate".
 """
@@ -17,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from cvrl_tf.data import device_augment
-from cvrl_tf.losses import info_nce
+from cvrl_tf.losses import detection_loss, info_nce
 from cvrl_tf.optimizers import decay_variables as default_decay_variables
 
 # The metrics each step returns (the trainer averages them over a loop and summarizes them).
@@ -27,6 +30,8 @@ PRETRAIN_METRICS = ("loss", "contrastive_loss", "contrastive_accuracy", "contras
 PROBE_METRICS = ("probe_loss", "probe_accuracy")
 CLASSIFIER_METRICS = ("loss", "classification_loss", "accuracy", "weight_decay_loss",
                       "grad_norm", "learning_rate")
+DETECTION_METRICS = ("loss", "detection_loss", "box_accuracy", "weight_decay_loss",
+                     "grad_norm", "learning_rate")
 
 Batch = Dict[str, tf.Tensor]
 Step = Callable[[Batch], Dict[str, tf.Tensor]]
@@ -103,8 +108,9 @@ def _augmented(batch: Batch, augment: Augment) -> Batch:
     if augment is None:
         if device_augment.PARAMS_KEY in batch:
             raise ValueError(f"The batch carries {device_augment.PARAMS_KEY!r} (build_dataset("
-                             f"augment_on='device')) but the step has augment=None; pass "
-                             f"augment=device_augment.augment_batch.")
+                             f"augment_on='device')) but the step has augment=None; pass the "
+                             f"step's default (device_augment.augment_batch, or "
+                             f"augment_detection_batch for detection).")
         return batch
     return augment(batch)
 
@@ -167,6 +173,29 @@ def make_pretrain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer
     return step
 
 
+def _supervised_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                     weight_decay: float, augment: Augment,
+                     task_loss: Callable[[Batch], tuple]) -> Step:
+    """A replica step minimizing task_loss(batch) -> (loss, metrics) + the L2 term, one update.
+
+    The metrics gain 'weight_decay_loss' and _minimize's 'loss', 'grad_norm', 'learning_rate'.
+    """
+    _check_weight_decay(optimizer, weight_decay)
+    decayed = list(default_decay_variables(model)) if weight_decay else []
+
+    def step(batch: Batch) -> Dict[str, tf.Tensor]:
+        batch = _augmented(batch, augment)
+
+        def compute_loss():
+            loss, metrics = task_loss(batch)
+            wd_loss = _weight_decay_loss(decayed, weight_decay)
+            return loss + wd_loss, dict(metrics, weight_decay_loss=wd_loss)
+
+        return _minimize(model, optimizer, compute_loss)
+
+    return step
+
+
 def make_classifier_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                          weight_decay: float = 0.0, label_smoothing: float = 0.0,
                          augment: Augment = device_augment.augment_batch) -> Step:
@@ -179,22 +208,52 @@ def make_classifier_step(model: keras.Model, optimizer: keras.optimizers.Optimiz
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1).")
-    _check_weight_decay(optimizer, weight_decay)
-    decayed = list(default_decay_variables(model)) if weight_decay else []
 
-    def step(batch: Batch) -> Dict[str, tf.Tensor]:
-        batch = _augmented(batch, augment)
+    def task_loss(batch: Batch) -> tuple:
+        logits = _logits(model(batch["video"], training=True))
+        ce, accuracy = _masked_cross_entropy(batch["label"], logits, label_smoothing)
+        return ce, {"classification_loss": ce, "accuracy": accuracy}
 
-        def compute_loss():
-            logits = _logits(model(batch["video"], training=True))
-            ce, accuracy = _masked_cross_entropy(batch["label"], logits, label_smoothing)
-            wd_loss = _weight_decay_loss(decayed, weight_decay)
-            return ce + wd_loss, {"classification_loss": ce, "accuracy": accuracy,
-                                  "weight_decay_loss": wd_loss}
+    return _supervised_step(model, optimizer, weight_decay, augment, task_loss)
 
-        return _minimize(model, optimizer, compute_loss)
 
-    return step
+def augment_detection_batch(batch: Batch, batched: Optional[bool] = None) -> Batch:
+    """device_augment.augment_batch for detection batches: the boxes of the clips it flips are
+    mirrored with them (x -> 1 - x); its other ops are photometric and leave boxes alone."""
+    if device_augment.PARAMS_KEY not in batch:
+        return batch
+    params = tf.convert_to_tensor(batch[device_augment.PARAMS_KEY])
+    if params.shape.rank != 2:
+        raise ValueError(f"Detection batches need one augmentation row per clip [B, width] (the "
+                         f"boxes belong to the whole clip); got {params.shape}.")
+    out = device_augment.augment_batch(batch, batched)
+    boxes = tf.convert_to_tensor(batch["boxes"])
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, num=4, axis=-1)
+    mirrored = tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
+    flip = params[:, device_augment.FLIP, tf.newaxis, tf.newaxis] > 0.5
+    out["boxes"] = tf.where(flip, mirrored, boxes)
+    return out
+
+
+def make_detection_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                        weight_decay: float = 0.0,
+                        augment: Augment = augment_detection_batch) -> Step:
+    """Action-detection (AVA) replica step: losses.detection_loss on model(video, boxes)['logits']
+    over the valid boxes (the global batch's mean per (box, action)), one update.
+
+    batch: {'video': [B, T, H, W, 3], 'boxes': [B, M, 4] normalized [ymin, xmin, ymax, xmax]
+    (padded with zeros), 'box_mask': [B, M] float (1 real box, 0 padding), 'labels':
+    [B, M, C] float multi-hot}; uint8 video with 'aug_params' goes through `augment` first
+    (augment_detection_batch flips the boxes with the clips). Returns replica metrics 'loss',
+    'detection_loss', 'box_accuracy' (see detection_loss), 'weight_decay_loss', 'grad_norm',
+    'learning_rate'.
+    """
+    def task_loss(batch: Batch) -> tuple:
+        logits = _logits(model(batch["video"], batch["boxes"], training=True))
+        loss, metrics = detection_loss(batch["labels"], logits, batch["box_mask"])
+        return loss, dict(metrics, detection_loss=loss)
+
+    return _supervised_step(model, optimizer, weight_decay, augment, task_loss)
 
 
 def make_eval_step(model: keras.Model) -> Step:
@@ -228,5 +287,16 @@ def make_eval_step(model: keras.Model) -> Step:
         return {"top1_correct": tf.reduce_sum(hits[:, 0] * valid),
                 "top5_correct": tf.reduce_sum(tf.reduce_max(hits, axis=1) * valid),
                 "count": tf.reduce_sum(valid)}
+
+    return step
+
+
+def make_detection_eval_step(model: keras.Model) -> Step:
+    """Action-detection evaluation replica step: {'scores': float32 sigmoid scores [B, M, C]}
+    of model(video, boxes) in inference mode, padded boxes included (the evaluator drops them
+    with 'box_mask' and computes frame mAP on the host)."""
+    def step(batch: Batch) -> Dict[str, tf.Tensor]:
+        logits = _logits(model(batch["video"], batch["boxes"], training=False))
+        return {"scores": tf.sigmoid(logits)}
 
     return step

@@ -1,9 +1,10 @@
-"""Tests for cvrl_tf.losses.info_nce: formula, cross-replica equivalence, official reference."""
+"""Tests for cvrl_tf.losses: info_nce (formula, cross-replica equivalence, official reference)
+and detection_loss (formula, padded boxes, the global mean across replicas)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.losses import info_nce
+from cvrl_tf.losses import detection_loss, info_nce
 
 
 def _numpy_info_nce(z1: np.ndarray, z2: np.ndarray, temperature: float):
@@ -119,3 +120,91 @@ def test_official_video_ssl_loss_is_twice_ours():
     np.testing.assert_allclose(official["contrastive_loss"].numpy(), 2 * ours.numpy(), rtol=1e-5)
     np.testing.assert_allclose(metrics["contrastive_accuracy"].numpy(),
                                _numpy_info_nce(z1, z2, 0.1)[1], rtol=1e-6)
+
+
+def _detection_batch(seed: int, boxes=4, classes=5):
+    """Logits, multi-hot labels and a box mask [3, boxes]: the last boxes of clips 1 and 2 are
+    padding, and so is every box of clip 2 but its first."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(3, boxes, classes)).astype(np.float32) * 2
+    labels = (rng.uniform(size=(3, boxes, classes)) < 0.3).astype(np.float32)
+    mask = np.ones((3, boxes), np.float32)
+    mask[1, -1:] = 0
+    mask[2, 1:] = 0
+    return logits, labels, mask
+
+
+def _numpy_detection(logits, labels, mask):
+    """Mean binary cross-entropy of sigmoid(logits) over the valid (box, action) entries, and
+    the fraction of valid labelled boxes whose top action is one of theirs."""
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    bce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    valid = mask > 0
+    labelled = valid & (labels.max(-1) > 0)
+    hits = np.take_along_axis(labels, logits.argmax(-1)[..., None], -1)[..., 0] > 0
+    return bce[valid].mean(), hits[labelled].mean()
+
+
+def test_detection_loss_is_the_mean_over_valid_boxes_and_actions():
+    logits, labels, mask = _detection_batch(4)
+    loss, metrics = detection_loss(labels, logits, mask)
+    want_loss, want_accuracy = _numpy_detection(logits, labels, mask)
+    np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["box_accuracy"].numpy(), want_accuracy, rtol=1e-6)
+    # Padded boxes count nowhere: whatever their logits and labels, nothing changes...
+    padded = mask == 0
+    logits[padded], labels[padded] = 6.0, 0.0
+    again, again_metrics = detection_loss(labels, logits, mask)
+    np.testing.assert_allclose(again.numpy(), loss.numpy(), rtol=1e-6)
+    assert again_metrics["box_accuracy"].numpy() == metrics["box_accuracy"].numpy()
+    # ... whereas counting them would change the loss (the test can tell).
+    counted = _numpy_detection(logits, labels, np.ones_like(mask))[0]
+    assert abs(counted - loss.numpy()) > 0.1 * loss.numpy()
+
+
+def test_detection_loss_is_zero_without_a_valid_box():
+    logits, labels, mask = _detection_batch(5)
+    logits = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss, metrics = detection_loss(labels, logits, np.zeros_like(mask))
+    assert loss.numpy() == 0.0 and metrics["box_accuracy"].numpy() == 0.0
+    np.testing.assert_array_equal(tape.gradient(loss, logits), 0.0)
+    with pytest.raises(ValueError, match=r"box_mask \[B, M\]"):
+        detection_loss(labels, logits, mask[:, :2])
+
+
+def test_detection_loss_two_replicas_give_the_global_mean(two_replica_strategy):
+    """Replica 0 holds 7 valid boxes, replica 1 one: the replica mean of the losses and the
+    summed gradients of loss / replicas are the one-device mean's (not the mean of means)."""
+    strategy = two_replica_strategy
+    first, second = _detection_batch(6), _detection_batch(7)
+    second[2][:] = 0.0
+    second[2][0, 0] = 1.0
+    logits, labels, mask = (np.concatenate(pair) for pair in zip(first, second))
+    w0 = np.float32(1.5)
+
+    w = tf.Variable(w0)
+    with tf.GradientTape() as tape:
+        want_loss, _ = detection_loss(labels, w * logits, mask)
+    want_grad = tape.gradient(want_loss, w)
+    with strategy.scope():
+        w_mirrored = tf.Variable(w0)
+
+    def replica_fn():
+        ctx = tf.distribute.get_replica_context()
+        rows = slice(3 * ctx.replica_id_in_sync_group, 3 * ctx.replica_id_in_sync_group + 3)
+        with tf.GradientTape() as tape:
+            loss, _ = detection_loss(tf.constant(labels)[rows],
+                                     w_mirrored * tf.constant(logits)[rows],
+                                     tf.constant(mask)[rows])
+            scaled = loss / ctx.num_replicas_in_sync
+        return loss, tape.gradient(scaled, w_mirrored)
+
+    loss, grad = tf.function(lambda: strategy.run(replica_fn))()
+    np.testing.assert_allclose(strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, None),
+                               want_loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(strategy.reduce(tf.distribute.ReduceOp.SUM, grad, None),
+                               want_grad.numpy(), rtol=1e-5)
+    means = [_numpy_detection(l, y, m)[0] for l, y, m in (first, second)]
+    assert abs(np.mean(means) - want_loss.numpy()) > 0.05 * want_loss.numpy()

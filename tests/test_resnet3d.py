@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf.models import build_backbone
-from cvrl_tf.models.resnet3d import ResNet3D
+from cvrl_tf.models.resnet3d import ResNet3D, last_stage
 
 TINY = dict(base_filters=4, blocks_per_stage=(1, 1, 1, 1))
 R3D50_BLOCKS = (3, 4, 6, 3)
@@ -145,6 +145,9 @@ def test_batch_norm_settings_and_sync_flag():
     (dict(input_shape=(32, 32, 3)), "input_shape"),
     (dict(spatial_strides=(1, 2, 2)), "spatial_strides"),
     (dict(spatial_strides=(1, 3, 2, 2)), "spatial_strides"),
+    (dict(spatial_dilations=(1, 1, 2)), "spatial_dilations"),
+    (dict(spatial_dilations=(1, 1, 1, 0)), "spatial_dilations"),
+    (dict(spatial_dilations=(1, 1, 1, 2)), "res5 has spatial stride 2 and dilation 2"),
 ])
 def test_bad_arguments_raise_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -158,6 +161,55 @@ def test_spatial_strides_set_the_stage_resolutions():
     kept = build_backbone(50, return_endpoints=True, spatial_strides=(1, 1, 1, 1), **TINY)
     assert [kept(clip)[f"res{i}"].shape[2] for i in range(2, 6)] == [8, 8, 8, 8]
     assert kept.get_config()["spatial_strides"] == [1, 1, 1, 1]
+
+
+DETECTION = dict(spatial_strides=(1, 2, 2, 1), spatial_dilations=(1, 1, 1, 2))
+
+
+def test_dilated_last_stage_doubles_the_res5_map_with_the_same_variables(tmp_path):
+    """SlowFast's AVA backbone: res5 at stride 1, dilated 2. Its variables are the plain
+    backbone's, so a pretraining checkpoint (backbone only) warm-starts it."""
+    clip = _clip((2, 8, 64, 96, 3))  # Stem and pool: 16x24.
+    plain = build_backbone(50, return_endpoints=True, **TINY)
+    plain(clip, training=True)  # Move the BN statistics off their initial values.
+    path = tf.train.Checkpoint(backbone=plain).save(str(tmp_path / "ckpt"))
+    dilated = build_backbone(50, return_endpoints=True, **DETECTION, **TINY)
+    assert [(v.path, v.shape) for v in dilated.weights] == [
+        (v.path, v.shape) for v in plain.weights]
+    tf.train.Checkpoint(backbone=dilated).restore(path).assert_existing_objects_matched()
+    for got, want in zip(dilated.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert plain(clip)["res5"].shape[2:4] == (2, 3)
+    assert dilated(clip)["res5"].shape[2:4] == (4, 6)  # Output stride 16: 64x96 -> 4x6.
+    assert dilated.get_layer("res5_block1_conv_b").dilation_rate == (1, 2, 2)
+    assert dilated.get_layer("res4_block1_conv_b").dilation_rate == (1, 1, 1)
+    assert dilated.get_config()["spatial_dilations"] == [1, 1, 1, 2]
+    # 'same' padding keeps the dilated map's size, and the dilation changes what it computes.
+    undilated = build_backbone(50, return_endpoints=True, spatial_strides=(1, 2, 2, 1), **TINY)
+    undilated.set_weights(dilated.get_weights())
+    assert undilated(clip)["res5"].shape == dilated(clip)["res5"].shape
+    assert not np.allclose(undilated(clip)["res5"], dilated(clip)["res5"])
+
+
+def test_basic_blocks_dilate_both_spatial_convs():
+    model = build_backbone(18, base_filters=4, **DETECTION)
+    for conv in ("conv_a", "conv_b"):
+        assert model.get_layer(f"res5_block2_{conv}").dilation_rate == (1, 2, 2)
+        assert model.get_layer(f"res4_block2_{conv}").dilation_rate == (1, 1, 1)
+    assert model(_clip((1, 4, 32, 32, 3))).shape == (1, 32)
+
+
+def test_last_stage_reads_res5_through_the_backbones_own_layers():
+    clip = _clip((2, 8, 32, 48, 3))
+    endpoints = build_backbone(50, return_endpoints=True, **DETECTION, **TINY)
+    pooled_only = build_backbone(50, **DETECTION, **TINY)
+    pooled_only.set_weights(endpoints.get_weights())
+    for backbone in (endpoints, pooled_only):
+        trunk = last_stage(backbone)
+        assert {id(v) for v in trunk.weights} == {id(v) for v in backbone.weights}
+        np.testing.assert_array_equal(trunk(clip), endpoints(clip)["res5"])
+    with pytest.raises(ValueError, match="no 'pooled' layer"):
+        last_stage(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
 
 
 def test_config_round_trip_rebuilds_the_same_network():

@@ -1,15 +1,19 @@
-"""Tests for cvrl_tf.steps: replica loss scaling, weight decay, XLA and bfloat16, eval counts."""
+"""Tests for cvrl_tf.steps: replica loss scaling, weight decay, XLA and bfloat16, eval counts,
+and the action-detection steps."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cvrl_tf.data import device_augment
-from cvrl_tf.losses import info_nce
-from cvrl_tf.models import CVRLModel, ClassifierModel, build_backbone, projection_head
+from cvrl_tf.losses import detection_loss, info_nce
+from cvrl_tf.models import (CVRLModel, ClassifierModel, DetectionModel, build_backbone,
+                            projection_head, roi_head)
 from cvrl_tf.models.heads import linear_classifier
 from cvrl_tf.optimizers import build_optimizer, decay_variables
-from cvrl_tf.steps import make_classifier_step, make_eval_step, make_pretrain_step
+from cvrl_tf.steps import (DETECTION_METRICS, augment_detection_batch, make_classifier_step,
+                           make_detection_eval_step, make_detection_step, make_eval_step,
+                           make_pretrain_step)
 
 CLIP = (4, 16, 16, 3)  # T, H, W, C
 
@@ -300,3 +304,115 @@ def test_eval_step_counts_single_and_multi_view():
                                              "label": tf.constant(labels)})
     first = np.argmax(views[:, 0, 0, 0, 0], axis=1)
     assert single["top1_correct"].numpy() == np.sum((first == labels)[valid])
+
+
+DETECTION_CLIP = (4, 32, 32, 3)  # res5 2x2 at output stride 16.
+
+
+def _tiny_detection(sync_bn: bool = False, classes: int = 4) -> DetectionModel:
+    """The tiny R3D with SlowFast's AVA strides (res5 dilated) and a dropout-free RoI head."""
+    backbone = build_backbone(depth=50, base_filters=4, blocks_per_stage=(1, 1, 1, 1),
+                              spatial_strides=(1, 2, 2, 1), spatial_dilations=(1, 1, 1, 2),
+                              input_shape=DETECTION_CLIP, sync_bn=sync_bn)
+    return DetectionModel(backbone, roi_head(classes, crop_size=3, dropout_rate=0.0))
+
+
+def _detection_batch(valid_boxes, seed: int, boxes: int = 3, classes: int = 4) -> dict:
+    """Clips with `valid_boxes[i]` real boxes each (the rest zeros, masked) and random labels."""
+    rng = np.random.default_rng(seed)
+    n = len(valid_boxes)
+    y = np.sort(rng.uniform(size=(n, boxes, 2, 2)), axis=-1)  # [..., (y, x), (min, max)]
+    box = np.stack([y[..., 0, 0], y[..., 1, 0], y[..., 0, 1], y[..., 1, 1]], axis=-1)
+    mask = (np.arange(boxes)[None, :] < np.array(valid_boxes)[:, None]).astype(np.float32)
+    labels = (rng.uniform(size=(n, boxes, classes)) < 0.4).astype(np.float32)
+    return {"video": tf.constant(rng.uniform(size=(n,) + DETECTION_CLIP).astype(np.float32)),
+            "boxes": tf.constant((box * mask[..., None]).astype(np.float32)),
+            "box_mask": tf.constant(mask), "labels": tf.constant(labels * mask[..., None])}
+
+
+def test_detection_step_decreases_the_loss_and_reports_its_metrics():
+    model = _tiny_detection()
+    step = tf.function(make_detection_step(model, _sgd(model, lr=0.5), weight_decay=1e-4))
+    batch = _detection_batch([3, 2], seed=11)
+    losses = [step(batch)["detection_loss"].numpy() for _ in range(6)]
+    metrics = step(batch)
+    assert set(metrics) == set(DETECTION_METRICS)
+    assert losses[-1] < 0.8 * losses[0], losses
+    np.testing.assert_allclose(metrics["loss"], metrics["detection_loss"]
+                               + metrics["weight_decay_loss"], rtol=1e-6)
+
+
+def _detection_one_vs_two_replicas(strategy, valid_boxes, b: int = 2):
+    """Variables before and after one SGD step on 1 replica (2b clips) and 2 replicas (b each)."""
+    batch = _detection_batch(valid_boxes, seed=12)
+    single = _tiny_detection(sync_bn=True)
+    initial = single.get_weights()
+    tf.function(make_detection_step(single, _sgd(single, 0.1), weight_decay=1e-2))(batch)
+    with strategy.scope():
+        model = _tiny_detection(sync_bn=True)
+        model.set_weights(initial)
+        step = make_detection_step(model, _sgd(model, 0.1), weight_decay=1e-2)
+    dist_batch = strategy.experimental_distribute_values_from_function(
+        lambda ctx: {k: v[ctx.replica_id_in_sync_group * b:(ctx.replica_id_in_sync_group + 1) * b]
+                     for k, v in batch.items()})
+    tf.function(lambda x: strategy.run(step, args=(x,)))(dist_batch)
+    return initial, single.get_weights(), model.get_weights(), [v.path for v in single.weights]
+
+
+@pytest.mark.parametrize("valid_boxes", [[2, 1, 1, 2], [3, 2, 0, 1]],
+                         ids=["3-and-3-valid-boxes", "5-and-1-valid-boxes"])
+def test_detection_one_replica_batch_2b_equals_two_replicas_batch_b(two_replica_strategy,
+                                                                    valid_boxes):
+    """The same update whether or not the replicas hold as many valid boxes: the loss is the
+    global batch's mean, not a mean of replica means."""
+    _assert_same_updates(*_detection_one_vs_two_replicas(two_replica_strategy, valid_boxes),
+                         tolerance=1e-3)
+
+
+def test_detection_step_compiles_with_xla():
+    """The TPU proxy: RoIAlign, loss, backward and update in one jit_compile=True function give
+    the eager step's metrics and update."""
+    batch = _detection_batch([3, 1], seed=13)
+    plain, model = _tiny_detection(), _tiny_detection()
+    model.set_weights(plain.get_weights())
+    before = [v.numpy() for v in plain.trainable_variables]
+    want = make_detection_step(plain, _sgd(plain), weight_decay=1e-4)(batch)  # Eager.
+    step = tf.function(make_detection_step(model, _sgd(model), weight_decay=1e-4),
+                       jit_compile=True)
+    metrics = step(batch)
+    for name in ("loss", "detection_loss", "weight_decay_loss", "grad_norm"):
+        np.testing.assert_allclose(metrics[name], want[name], rtol=1e-4, err_msg=name)
+    assert metrics["box_accuracy"].numpy() == want["box_accuracy"].numpy()
+    for v, w, w0 in zip(model.trainable_variables, plain.trainable_variables, before):
+        np.testing.assert_allclose(v.numpy() - w0, w.numpy() - w0, rtol=0,
+                                   atol=1e-3 * np.abs(w.numpy() - w0).max() + 1e-8)
+
+
+def test_detection_eval_step_returns_sigmoid_scores_in_inference_mode():
+    model = _tiny_detection()
+    batch = _detection_batch([2, 3], seed=14)
+    model(batch["video"], batch["boxes"], training=True)  # BN moving statistics off their start.
+    scores = tf.function(make_detection_eval_step(model))(batch)["scores"]
+    logits = model(batch["video"], batch["boxes"], training=False)["logits"]
+    assert scores.shape == (2, 3, 4) and scores.dtype == tf.float32
+    np.testing.assert_allclose(scores, tf.sigmoid(logits), rtol=1e-5, atol=1e-6)
+    loss, _ = detection_loss(batch["labels"], logits, batch["box_mask"])
+    assert np.isfinite(loss.numpy())
+
+
+def test_augment_detection_batch_mirrors_the_boxes_of_flipped_clips():
+    batch = _detection_batch([3, 2], seed=15)
+    rows = tf.stack([device_augment.draw_params(tf.constant([15, i]), 1, DETECTION_CLIP[1],
+                                                flip_prob=float(i == 0)) for i in range(2)])
+    video = tf.cast(batch["video"] * 255, tf.uint8)
+    device = dict(batch, video=video, **{device_augment.PARAMS_KEY: rows})
+    out = augment_detection_batch(device)
+    np.testing.assert_array_equal(out["video"], device_augment.augment_batch(device)["video"])
+    boxes = batch["boxes"].numpy()
+    ymin, xmin, ymax, xmax = np.moveaxis(boxes[0], -1, 0)
+    np.testing.assert_allclose(out["boxes"][0], np.stack([ymin, 1 - xmax, ymax, 1 - xmin], -1))
+    np.testing.assert_array_equal(out["boxes"][1], boxes[1])
+    assert device_augment.PARAMS_KEY not in out
+    assert augment_detection_batch(batch) is batch  # Host-augmented: unchanged.
+    with pytest.raises(ValueError, match="one augmentation row per clip"):
+        augment_detection_batch(dict(device, aug_params=tf.stack([rows] * 4, axis=1)))

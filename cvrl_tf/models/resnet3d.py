@@ -35,11 +35,14 @@ def kernel_initializer() -> keras.initializers.Initializer:
                                               distribution="truncated_normal")
 
 
-def _conv(filters: int, kernel: Sequence[int], strides: Sequence[int], name: str):
-    """A bias-free channels-last Conv3D with 'same' padding (BN follows every conv)."""
+def _conv(filters: int, kernel: Sequence[int], strides: Sequence[int], name: str,
+          dilation: int = 1):
+    """A bias-free channels-last Conv3D with 'same' padding (BN follows every conv); `dilation`
+    spaces the spatial taps only (its variables are the undilated conv's)."""
     return keras.layers.Conv3D(
         filters, tuple(kernel), strides=tuple(strides), padding="same", use_bias=False,
-        kernel_initializer=kernel_initializer(), name=name)
+        dilation_rate=(1, dilation, dilation), kernel_initializer=kernel_initializer(),
+        name=name)
 
 
 def _bn(cfg: dict, name: str):
@@ -57,14 +60,15 @@ def _shortcut(x, out_filters: int, stride: int, cfg: dict, name: str):
     return _bn(cfg, name + "_shortcut_bn")(x)
 
 
-def _bottleneck_block(x, filters: int, temporal_kernel: int, stride: int, cfg: dict,
-                      name: str):
-    """[t,1,1] conv -> [1,3,3] conv stride (1,s,s) -> [1,1,1] conv to 4f, each with BN."""
+def _bottleneck_block(x, filters: int, temporal_kernel: int, stride: int, dilation: int,
+                      cfg: dict, name: str):
+    """[t,1,1] conv -> [1,3,3] conv stride (1,s,s), dilation (1,d,d) -> [1,1,1] conv to 4f,
+    each with BN."""
     shortcut = _shortcut(x, 4 * filters, stride, cfg, name)
     x = _conv(filters, (temporal_kernel, 1, 1), (1, 1, 1), name + "_conv_a")(x)
     x = _bn(cfg, name + "_bn_a")(x)
     x = keras.layers.ReLU(name=name + "_relu_a")(x)
-    x = _conv(filters, (1, 3, 3), (1, stride, stride), name + "_conv_b")(x)
+    x = _conv(filters, (1, 3, 3), (1, stride, stride), name + "_conv_b", dilation)(x)
     x = _bn(cfg, name + "_bn_b")(x)
     x = keras.layers.ReLU(name=name + "_relu_b")(x)
     x = _conv(4 * filters, (1, 1, 1), (1, 1, 1), name + "_conv_c")(x)
@@ -73,13 +77,16 @@ def _bottleneck_block(x, filters: int, temporal_kernel: int, stride: int, cfg: d
     return keras.layers.ReLU(name=name + "_out")(x)
 
 
-def _basic_block(x, filters: int, temporal_kernel: int, stride: int, cfg: dict, name: str):
-    """[t,3,3] conv stride (1,s,s) -> [1,3,3] conv, each with BN (depths 18/34)."""
+def _basic_block(x, filters: int, temporal_kernel: int, stride: int, dilation: int, cfg: dict,
+                 name: str):
+    """[t,3,3] conv stride (1,s,s) -> [1,3,3] conv, each with BN and spatial dilation d
+    (depths 18/34)."""
     shortcut = _shortcut(x, filters, stride, cfg, name)
-    x = _conv(filters, (temporal_kernel, 3, 3), (1, stride, stride), name + "_conv_a")(x)
+    x = _conv(filters, (temporal_kernel, 3, 3), (1, stride, stride), name + "_conv_a",
+              dilation)(x)
     x = _bn(cfg, name + "_bn_a")(x)
     x = keras.layers.ReLU(name=name + "_relu_a")(x)
-    x = _conv(filters, (1, 3, 3), (1, 1, 1), name + "_conv_b")(x)
+    x = _conv(filters, (1, 3, 3), (1, 1, 1), name + "_conv_b", dilation)(x)
     x = _bn(cfg, name + "_bn_b")(x)
     x = keras.layers.Add(name=name + "_add")([x, shortcut])
     return keras.layers.ReLU(name=name + "_out")(x)
@@ -106,11 +113,15 @@ def _stage_kernels(temporal_kernels: Any, blocks: Sequence[int]) -> list:
 
 # Spatial stride of the first block of res2..res5 (the paper: 2 in res3..res5).
 DEFAULT_SPATIAL_STRIDES = (1, 2, 2, 2)
+# Spatial dilation of the 3x3 convs of res2..res5. Detection (SlowFast's AVA configs) keeps
+# res5 at stride 1 and dilates it instead: strides (1, 2, 2, 1), dilations (1, 1, 1, 2).
+DEFAULT_SPATIAL_DILATIONS = (1, 1, 1, 1)
 
 
 def _validate(depth: int, width_multiplier: int, stem: str, base_filters: int,
               blocks_per_stage: Optional[Sequence[int]], input_shape: Sequence,
-              spatial_strides: Sequence[int] = DEFAULT_SPATIAL_STRIDES) -> None:
+              spatial_strides: Sequence[int] = DEFAULT_SPATIAL_STRIDES,
+              spatial_dilations: Sequence[int] = DEFAULT_SPATIAL_DILATIONS) -> None:
     """Raises one clear ValueError for a bad argument."""
     if depth not in DEPTHS:
         raise ValueError(f"Unknown depth {depth!r}; use one of {sorted(DEPTHS)}.")
@@ -129,6 +140,16 @@ def _validate(depth: int, width_multiplier: int, stem: str, base_filters: int,
     if len(spatial_strides) != 4 or not all(s in (1, 2) for s in spatial_strides):
         raise ValueError(f"spatial_strides={spatial_strides!r} must be 4 values of 1 or 2 "
                          f"(res2..res5), e.g. {DEFAULT_SPATIAL_STRIDES}.")
+    if len(spatial_dilations) != 4 or not all(isinstance(d, int) and d >= 1
+                                              for d in spatial_dilations):
+        raise ValueError(f"spatial_dilations={spatial_dilations!r} must be 4 positive ints "
+                         f"(res2..res5), e.g. {DEFAULT_SPATIAL_DILATIONS}.")
+    for stage, (stride, dilation) in enumerate(zip(spatial_strides, spatial_dilations)):
+        if stride > 1 and dilation > 1:
+            raise ValueError(
+                f"{STAGE_NAMES[stage]} has spatial stride {stride} and dilation {dilation}: a "
+                f"strided conv cannot be dilated; dilate a stage of stride 1 (detection: "
+                f"spatial_strides=(1, 2, 2, 1), spatial_dilations=(1, 1, 1, 2)).")
     if len(input_shape) != 4:
         raise ValueError(
             f"input_shape={input_shape!r} must be (T, H, W, C) without the batch dimension.")
@@ -157,8 +178,9 @@ class ResNet3D(keras.Model):
         bound.apply_defaults()
         c = dict(bound.arguments)
         spatial_strides = tuple(c["spatial_strides"])
+        dilations = tuple(c["spatial_dilations"])
         _validate(c["depth"], c["width_multiplier"], c["stem"], c["base_filters"],
-                  c["blocks_per_stage"], c["input_shape"], spatial_strides)
+                  c["blocks_per_stage"], c["input_shape"], spatial_strides, dilations)
         block_type, default_blocks = DEPTHS[c["depth"]]
         blocks = (tuple(c["blocks_per_stage"]) if c["blocks_per_stage"] is not None
                   else default_blocks)
@@ -176,8 +198,8 @@ class ResNet3D(keras.Model):
         for stage, stage_name in enumerate(STAGE_NAMES):
             for b in range(blocks[stage]):
                 stride = spatial_strides[stage] if b == 0 else 1
-                x = block_fn(x, filters * 2 ** stage, kernels[stage][b], stride, c,
-                             f"{stage_name}_block{b + 1}")
+                x = block_fn(x, filters * 2 ** stage, kernels[stage][b], stride,
+                             dilations[stage], c, f"{stage_name}_block{b + 1}")
             endpoints[stage_name] = x
         # Pool in float32: the feature leaves the backbone in float32 under mixed_bfloat16.
         pooled = keras.layers.GlobalAveragePooling3D(name="pooled", dtype="float32")(x)
@@ -205,6 +227,7 @@ def build_backbone(depth: int = 50, width_multiplier: int = 1,
                    return_endpoints: bool = False, base_filters: int = 64,
                    blocks_per_stage: Optional[Sequence[int]] = None,
                    spatial_strides: Sequence[int] = DEFAULT_SPATIAL_STRIDES,
+                   spatial_dilations: Sequence[int] = DEFAULT_SPATIAL_DILATIONS,
                    name: Optional[str] = None) -> ResNet3D:
     """Builds a 3D ResNet mapping [B, T, H, W, C] to the pooled float32 feature.
 
@@ -214,5 +237,21 @@ def build_backbone(depth: int = 50, width_multiplier: int = 1,
     variants; `temporal_kernels` holds 4 entries (res2..res5), each an int or one int per block.
     `spatial_strides` are the strides of res2..res5; (1, 1, 1, 1) keeps small inputs (e.g. the
     demo's 32x32 clips) at 8x8 to the end, so pooling stays translation invariant.
+    `spatial_dilations` dilate the 3x3 convs of each stage (a stage of stride 1 only); they
+    change no variable, so an undilated checkpoint warm-starts a dilated backbone.
     """
     return ResNet3D(**locals())
+
+
+def last_stage(backbone: keras.Model) -> keras.Model:
+    """The backbone up to its last stage: clips [B, T, H, W, 3] -> the res5 map [B, T', H', W', C].
+
+    A functional model over the backbone's own layers (no variable of its own), whatever the
+    backbone's `return_endpoints`: the detection head reads this map, not the pooled feature.
+    """
+    try:
+        pooled = backbone.get_layer("pooled")
+    except ValueError as e:
+        raise ValueError(f"Backbone {backbone.name!r} has no 'pooled' layer whose input is its "
+                         f"last stage; build it with build_backbone.") from e
+    return keras.Model(backbone.input, pooled.input, name=f"{backbone.name}_last_stage")
