@@ -6,7 +6,9 @@ import av
 import numpy as np
 import pytest
 
-from cvrl_tf.data import ava, synthetic, synthetic_ava
+from cvrl_tf import frame_map
+from cvrl_tf.data import ava, convert_ava, synthetic, synthetic_ava
+from tests.test_convert_ava import records
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,44 @@ def test_the_command(tmp_path, capsys):
     assert synthetic.main(["--detection", "--output_dir", str(tmp_path), "--height", "63"]) == 2
     assert capsys.readouterr().err == ("synthetic: error: height=63 and width=96 must be even "
                                        "and >= 32.\n")
+
+
+def test_convert_ava_writes_the_csv_boxes_and_actions(written, tmp_path):
+    """Both splits through convert_ava as AVA would go: the records hold the CSV's boxes (as
+    float32), actions and proposals in order; excluded keyframes are not written; and the
+    records' boxes, scored as detections, are a perfect answer to the CSV's ground truth."""
+    notes, out = written["annotations"], str(tmp_path)
+    settings = convert_ava.Settings(fps=10, short_side=None, window_frames=8)
+    for split, csv, extra in (("train", "train.csv", {}),
+                              ("eval", "val.csv", {
+                                  "proposals": os.path.join(notes, "val_proposals.csv"),
+                                  "excluded_timestamps": os.path.join(notes, "val_excluded.csv")})):
+        convert_ava.convert_ava(written["videos"], os.path.join(notes, csv),
+                                written["label_map"], out, split, settings=settings,
+                                num_shards=2, progress=False, **extra)
+    truth = ava.read_annotations(os.path.join(notes, "val.csv"))
+    excluded = ava.read_excluded(os.path.join(notes, "val_excluded.csv"))
+    proposals = ava.merge_person_boxes(ava.read_proposals(os.path.join(notes,
+                                                                       "val_proposals.csv")))
+    for split, rows in (("train", ava.read_annotations(os.path.join(notes, "train.csv"))),
+                        ("eval", truth)):
+        got = records(out, split)
+        people = {k: v for k, v in ava.merge_person_boxes(rows).items() if k not in excluded}
+        assert sorted(got) == sorted(people)
+        for key, persons in people.items():
+            record = got[key]
+            np.testing.assert_array_equal(record["gt_boxes"],
+                                          np.float32([p.box for p in persons]))
+            pairs = [(b, a - 1) for b, p in enumerate(persons) for a in p.action_ids]
+            assert list(zip(record["gt_label_box"], record["gt_label_index"])) == pairs
+            if split == "eval":
+                np.testing.assert_array_equal(record["proposals"],
+                                              np.float32([p.box for p in proposals[key]]))
+            assert record["frames"].shape == (8,) and record["keyframe_index"] == 4
+    found = []
+    for key, record in records(out, "eval").items():
+        scores = np.zeros([len(record["gt_boxes"]), len(synthetic_ava.ACTIONS)])
+        scores[record["gt_label_box"], record["gt_label_index"]] = 1.0
+        found += frame_map.detection_rows(key, record["gt_boxes"], scores)
+    mean_ap, _ = frame_map.frame_map(truth, found, synthetic_ava.ACTIONS, excluded)
+    assert mean_ap == 1.0
