@@ -27,7 +27,7 @@ def evaluate_files(groundtruth: str, detections: str, label_map: str,
                          f"of {label_map}; check --label_map.")
     excluded = ava.read_excluded(excluded_timestamps) if excluded_timestamps else set()
     mean_ap, per_class = frame_map.frame_map(
-        truth, ava.read_detections(detections), classes, excluded,
+        truth, ava.iter_detections(detections), classes, excluded,
         max_detections_per_key=max_detections_per_key)
     return mean_ap, per_class, classes
 

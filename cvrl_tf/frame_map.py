@@ -32,24 +32,31 @@ IOU_THRESHOLD = 0.5
 MAX_DETECTIONS_PER_KEY = 50  # The evaluator's cap per keyframe (0: none, as SlowFast's copy).
 
 
+def _offer(heap: list, entry: tuple, capacity: int) -> None:
+    """Keeps the `capacity` best (score, ...) entries in a heap, as the evaluator does (0: all);
+    an entry that ties the worst kept score at a full heap is not taken."""
+    if capacity < 1 or len(heap) < capacity:
+        heapq.heappush(heap, entry)
+    elif entry[0] > heap[0][0]:
+        heapq.heapreplace(heap, entry)
+
+
+def _entry(row: BoxRow) -> tuple:
+    """(score, action id, ymin, xmin, ymax, xmax) of a row. The evaluator reads an 8th column
+    as the score on both sides: on the ground-truth side (the person id) it only orders the
+    boxes, which decides ties of IoU."""
+    rank = row.score if row.score is not None else row.person_id
+    return (1.0 if rank is None else float(rank), row.action_id, *(float(v) for v in row.box))
+
+
 def _ranked(rows: Iterable[BoxRow], class_ids: set, capacity: int) -> dict[str, np.ndarray]:
     """{key: [n, 6] (score, action id, ymin, xmin, ymax, xmax)} of the label map's rows, at most
     `capacity` per key (0: all), ranked by score as the evaluator ranks them; keys in first-seen
-    order."""
+    order. Rows are read once, so an iterator of a large file is never held whole."""
     heaps: dict[str, list] = {}
     for row in rows:
-        if row.action_id not in class_ids:
-            continue
-        # The evaluator reads an 8th column as the score on both sides: on the ground-truth
-        # side (the person id) it only orders the boxes, which decides ties of IoU.
-        rank = row.score if row.score is not None else row.person_id
-        entry = (1.0 if rank is None else float(rank), row.action_id,
-                 *(float(v) for v in row.box))
-        heap = heaps.setdefault(row.key, [])
-        if capacity < 1 or len(heap) < capacity:
-            heapq.heappush(heap, entry)
-        elif entry[0] > heap[0][0]:
-            heapq.heapreplace(heap, entry)
+        if row.action_id in class_ids:
+            _offer(heaps.setdefault(row.key, []), _entry(row), capacity)
     return {key: np.array(sorted(heap, key=lambda e: -e[0]), dtype=float).reshape(-1, 6)
             for key, heap in heaps.items()}
 
@@ -137,19 +144,28 @@ def frame_map(groundtruth: Iterable[BoxRow], detections: Iterable[BoxRow],
     return float(np.nanmean(by_index)), per_class
 
 
-def detection_rows(key: str, boxes, scores, class_ids: Optional[Iterable[int]] = None
-                   ) -> list[BoxRow]:
+def detection_rows(key: str, boxes, scores, class_ids: Optional[Iterable[int]] = None,
+                   max_per_key: int = 0) -> list[BoxRow]:
     """Scored rows of one keyframe from a model's arrays: boxes [P, 4] (ymin, xmin, ymax, xmax)
     and scores [P, C], column c being action id c + 1 (action index c in the records); only
-    `class_ids` when given."""
+    `class_ids` when given. Rows go box by box, class by class, as a CSV written from the
+    arrays would; max_per_key > 0 keeps only the rows the evaluator would keep of them (given
+    the label map's class_ids and MAX_DETECTIONS_PER_KEY: then frame_map scores them as it
+    scores all of them, and they are far fewer to hold)."""
     video_id, timestamp = split_key(key)
     boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
     scores = np.asarray(scores, dtype=float).reshape(len(boxes), -1)
     wanted = None if class_ids is None else {int(c) for c in class_ids}
-    return [BoxRow(video_id, timestamp, tuple(boxes[p].tolist()), action_id=c + 1,
+    rows = [BoxRow(video_id, timestamp, tuple(boxes[p].tolist()), action_id=c + 1,
                    score=float(scores[p, c]))
             for p in range(len(boxes)) for c in range(scores.shape[1])
             if wanted is None or c + 1 in wanted]
+    if max_per_key < 1:
+        return rows
+    heap = []  # Kept in the heap's own order: offered again in that order, it stays the same.
+    for n, row in enumerate(rows):
+        _offer(heap, _entry(row) + (n,), max_per_key)
+    return [rows[entry[-1]] for entry in heap]
 
 
 def groundtruth_rows(key: str, boxes, label_index: Sequence[int],

@@ -22,7 +22,8 @@ import math
 import os
 import pickle
 import re
-from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
+import sys
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def _box_row(path: str, line: int, cells: list[str], kind: str) -> BoxRow:
         raise _fail(path, line, "the video id is empty")
     timestamp = _integer(cells[1], "timestamp", path, line, minimum=0)
     x1, y1, x2, y2 = (_number(c, n, path, line) for c, n in zip(cells[2:6], "x1 y1 x2 y2".split()))
-    row = BoxRow(cells[0], timestamp, box_from_csv(x1, y1, x2, y2), line=line)
+    row = BoxRow(sys.intern(cells[0]), timestamp, box_from_csv(x1, y1, x2, y2), line=line)
     if kind == "proposals":  # 8 columns: an empty (or ignored) action, then the score.
         score = _number(cells[-1], "score", path, line)
         return row._replace(score=score)
@@ -158,10 +159,17 @@ def read_annotations(path: str, check_boxes: bool = True) -> list[BoxRow]:
     return rows
 
 
+def iter_detections(path: str) -> Iterator[BoxRow]:
+    """Scored detections in AVA CSV format, one row at a time (a detection file can hold
+    millions of rows; the evaluator keeps 50 per keyframe). Box values are not checked: the
+    evaluator drops boxes with ymin >= ymax or xmin >= xmax itself (cvrl_tf.frame_map)."""
+    for line, cells in _rows(path):
+        yield _box_row(path, line, cells, "detections")
+
+
 def read_detections(path: str) -> list[BoxRow]:
-    """Scored detections in AVA CSV format. Box values are not checked: the evaluator drops
-    boxes with ymin >= ymax or xmin >= xmax itself (cvrl_tf.frame_map)."""
-    return [_box_row(path, line, cells, "detections") for line, cells in _rows(path)]
+    """All the rows of `iter_detections`."""
+    return list(iter_detections(path))
 
 
 def read_proposals(path: str) -> list[BoxRow]:
