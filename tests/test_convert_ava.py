@@ -20,7 +20,8 @@ cutA,0906,0.1,0.2,0.3,0.4,1,0
 cutA,0905,0.6,0.2,0.9,0.4,2,4
 gone,0902,0.1,0.2,0.3,0.4,1,0
 """
-PROPOSALS = "cutA,0902,0.1,0.2,0.3,0.4,,0.9\ncutA,0904,0.2,0.2,0.6,0.6,,0.8\n"
+PROPOSALS = ("cutA,0902,0.1,0.2,0.3,0.4,,0.9\ncutA,0904,0.2,0.2,0.6,0.6,,0.8\n"
+             "cutA,0902,0.1,0.2,0.3,0.4,2,0.9\n")  # The first box again, with a label.
 SETTINGS = convert_ava.Settings(fps=10, short_side=None, jpeg_quality=95, window_frames=8)
 
 
@@ -90,7 +91,7 @@ def test_eval_keeps_keyframes_with_proposals_only(ava_dir, tmp_path):
                                                                               0.3]]))
     np.testing.assert_array_equal(got["cutA,0902"]["proposal_scores"], np.float32([0.9]))
     assert got["cutA,0904"]["gt_boxes"].shape == (0, 4)
-    assert report["proposals"] == 2 and report["proposal_rows"] == 2
+    assert report["proposals"] == 2 and report["proposal_rows"] == 3
 
 
 def test_a_rerun_resumes_and_counts_a_shard_no_report_holds(ava_dir, tmp_path):

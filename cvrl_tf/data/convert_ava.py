@@ -77,15 +77,16 @@ def collect_keyframes(annotations: str, classes: dict, split: str,
     people = ava.merge_person_boxes(_usable(truth, annotations, classes, excluded_keys,
                                             skipped, excluded_seen))
     boxes = ava.read_proposals(proposals) if proposals else []
-    found: dict[str, list] = {}
+    found: dict[str, dict] = {}  # A box listed once per label (SlowFast's files) is one box.
     for row in _usable(boxes, proposals, classes, excluded_keys, skipped, excluded_seen):
-        found.setdefault(row.key, []).append((row.box, row.score))
+        found.setdefault(row.key, {}).setdefault(row.box, row.score)
     keys = set(people) | (set(found) if split == "eval" else set())
     by_video: dict[str, list[Keyframe]] = {}
     for key in keys:
         video_id, timestamp = ava.split_key(key)
         by_video.setdefault(video_id, []).append(Keyframe(
-            video_id, timestamp, tuple(people.get(key, ())), tuple(found.get(key, ()))))
+            video_id, timestamp, tuple(people.get(key, ())),
+            tuple(found.get(key, {}).items())))
     for keyframes in by_video.values():
         keyframes.sort(key=lambda k: k.timestamp)
     rows = {"annotation_rows": len(truth), "proposal_rows": len(boxes),
