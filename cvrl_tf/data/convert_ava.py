@@ -122,9 +122,10 @@ def _new_stats() -> dict:
             "bytes": 0, "movie_start": {}, "keyframes_skipped": [], "videos_failed": []}
 
 
-def _count(stats: dict, video_id: str, timestamps: Sequence[int], actions: Sequence[int],
-           boxes: int, proposals: int) -> None:
-    stats["keyframes"] += len(timestamps)
+def _count(stats: dict, video_id: str, actions: Sequence[int], boxes: int,
+           proposals: int) -> None:
+    """Adds one written keyframe of `video_id` to a shard's counts."""
+    stats["keyframes"] += 1
     stats["boxes"] += boxes
     stats["proposals"] += proposals
     for a in actions:
@@ -149,8 +150,7 @@ def write_ava_shard(path: str, jobs: Sequence[tuple[str, str, list[Keyframe]]],
         for timestamp, jpegs in windows:
             keyframe = by_time[timestamp]
             yield _record(keyframe, jpegs, settings.window_frames // 2)
-            _count(stats, video_id, [timestamp], [a for p in keyframe.persons
-                                                   for a in p.action_ids],
+            _count(stats, video_id, [a for p in keyframe.persons for a in p.action_ids],
                    len(keyframe.persons), len(keyframe.proposals))
             stats["movie_start"][video_id] = start
 
@@ -177,9 +177,8 @@ def count_ava_shard(path: str) -> dict:
         except message.DecodeError:
             continue
         key = context[schema.MEDIA_ID_KEY].bytes_list.value[0].decode()
-        video_id, timestamp = ava.split_key(key)
-        _count(stats, video_id, [timestamp],
-               [i + 1 for i in context[schema.REGION_LABEL_KEY].int64_list.value],
+        video_id, _ = ava.split_key(key)
+        _count(stats, video_id, [i + 1 for i in context[schema.REGION_LABEL_KEY].int64_list.value],
                len(context[schema.BOX_KEYS[0]].float_list.value),
                len(context[schema.PROPOSAL_SCORE_KEY].float_list.value))
         stats["movie_start"].setdefault(video_id, None)
