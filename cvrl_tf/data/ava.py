@@ -312,7 +312,8 @@ def _csv_text(records: Iterable[Sequence[str]]) -> str:
     return out.getvalue()
 
 
-def write_box_csv(path: str, rows: Iterable[BoxRow], kind: str, decimals: int = 3) -> None:
+def write_box_csv(path: str, rows: Iterable[BoxRow], kind: str,
+                  decimals: Optional[int] = 3) -> None:
     """Writes rows in AVA CSV format for `kind`: annotations (person id last), detections
     (score last) or proposals (empty action, score last, as SlowFast's predicted boxes).
 
