@@ -151,3 +151,52 @@ def test_malformed_example_count_file_is_one_clear_error(tmp_path, content, matc
     # The writers replace a malformed file instead of failing at the end of a conversion.
     schema.write_example_counts(str(tmp_path), "train", {"train-00000-of-00001.tfrecord": 3})
     assert schema.read_example_count(str(tmp_path / "train-*")) == 3
+
+
+def _detection_example():
+    boxes = np.array([[0.151, 0.077, 0.811, 0.283], [0.2, 0.5, 0.9, 0.75], [0.0, 0.0, 1.0, 1.0]])
+    labels = [[79, 11], [], [4]]  # Box 1 has no action (a proposal-only person is allowed).
+    proposals = np.array([[0.15, 0.08, 0.8, 0.3], [0.1, 0.1, 0.2, 0.2]])
+    example = schema.make_detection_example(
+        schema.encode_frames(_frames(5)), "-5KQ66BBWC4,0902", 2, 902, boxes, labels,
+        track_ids=[1, 0, 3], proposals=proposals, proposal_scores=[0.99, 0.25])
+    return example, boxes, proposals
+
+
+def test_detection_record_round_trip_keeps_boxes_labels_and_order():
+    example, boxes, proposals = _detection_example()
+    parsed = schema.parse_detection_example(example.SerializeToString())
+    assert parsed["frames"].shape == (5,) and parsed["id"].numpy() == b"-5KQ66BBWC4,0902"
+    assert parsed["keyframe_index"].numpy() == 2 and parsed["timestamp"].numpy() == 902
+    assert parsed["keyframe_index"].dtype == parsed["timestamp"].dtype == tf.int32
+    assert parsed["gt_boxes"].dtype == tf.float32
+    np.testing.assert_array_equal(parsed["gt_boxes"].numpy(), boxes.astype(np.float32))
+    np.testing.assert_array_equal(parsed["gt_label_index"].numpy(), [79, 11, 4])
+    np.testing.assert_array_equal(parsed["gt_label_box"].numpy(), [0, 0, 2])
+    np.testing.assert_array_equal(parsed["proposals"].numpy(), proposals.astype(np.float32))
+    np.testing.assert_array_equal(parsed["proposal_scores"].numpy(), np.float32([0.99, 0.25]))
+    context = example.context.feature
+    assert list(context[schema.BOX_KEYS[0]].float_list.value) == pytest.approx(boxes[:, 0])
+    assert list(context[schema.BOX_KEYS[1]].float_list.value) == pytest.approx(boxes[:, 1])
+    assert list(context[schema.TRACK_KEY].int64_list.value) == [1, 0, 3]
+    # Classification readers parse it too: no class label, the keyframe key as its id.
+    plain = schema.parse_sequence_example(example.SerializeToString())
+    assert plain["label"].shape == (0,) and plain["id"].numpy() == b"-5KQ66BBWC4,0902"
+
+
+def test_detection_record_without_boxes_parses_inside_tf_data():
+    example = schema.make_detection_example([b"a", b"b"], "v,0903", 1, 903, None, [])
+    ds = tf.data.Dataset.from_tensors(example.SerializeToString()).map(
+        schema.parse_detection_example)
+    parsed = next(iter(ds))
+    assert parsed["gt_boxes"].shape == (0, 4) and parsed["proposals"].shape == (0, 4)
+    assert parsed["gt_label_index"].shape == (0,) and parsed["proposal_scores"].shape == (0,)
+
+
+def test_make_detection_example_refuses_inconsistent_inputs():
+    with pytest.raises(ValueError, match="keyframe_index 2 is outside the 2 frames of v,0902"):
+        schema.make_detection_example([b"a", b"b"], "v,0902", 2, 902, None, [])
+    with pytest.raises(ValueError, match=r"boxes must be \[N, 4\]"):
+        schema.make_detection_example([b"a"], "v,0902", 0, 902, [[0.1, 0.2]], [[1]])
+    with pytest.raises(ValueError, match="1 boxes need as many label lists"):
+        schema.make_detection_example([b"a"], "v,0902", 0, 902, [[0, 0, 1, 1]], [])

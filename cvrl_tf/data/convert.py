@@ -18,11 +18,8 @@ if __name__ == "__main__":  # A command: settle the process before TensorFlow st
 
 # pylint: disable=wrong-import-position
 import argparse
-import concurrent.futures
 import dataclasses
-import json
 import math
-import multiprocessing
 import os
 import random
 import re
@@ -33,14 +30,13 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 import av
 import numpy as np
 import tensorflow as tf
-import tqdm
 from google.protobuf import message
 
-from cvrl_tf.data import schema
+from cvrl_tf.data import schema, sharding
+from cvrl_tf.data.sharding import REPORT_NAME
 from cvrl_tf.data.video_list import VideoSpec, read_video_list
 from cvrl_tf.runtime import cli
 
-REPORT_NAME = "convert_report.json"
 VIDEOS_PER_SHARD = 50  # Default sharding (a 10 s Kinetics clip's size: docs/BENCHMARKS.md).
 _EPS = 1e-6  # Seconds: a tick this close to a frame's timestamp shows that frame.
 T = TypeVar("T")
@@ -137,31 +133,24 @@ def encode_video(spec: VideoSpec, label_index: int, fps: Optional[float],
     return example.SerializeToString(), len(jpegs)
 
 
-def _skip_reason(error: Exception) -> str:
-    if isinstance(error, FileNotFoundError):
-        return "file not found"
-    return f"{type(error).__name__}: {error}".strip()
-
-
 def write_shard(path: str, videos: Sequence[tuple[VideoSpec, int]], fps: Optional[float],
                 short_side: Optional[int], jpeg_quality: int) -> dict:
-    """Writes one shard via a temporary file + rename; returns its counts and skipped videos."""
-    # A hidden name outside the `<split>-*` pattern, so readers never pick up a half shard.
-    tmp_path = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
+    """Writes one shard; returns its counts and skipped videos."""
     stats = {"videos": 0, "frames": 0, "bytes": 0, "skipped": []}
-    with tf.io.TFRecordWriter(tmp_path) as writer:
+
+    def records() -> Iterator[bytes]:
         for spec, label_index in videos:
             try:
                 record, num_frames = encode_video(spec, label_index, fps, short_side,
                                                   jpeg_quality)
             except Exception as e:  # Any decoder failure skips this video, not the run.
-                stats["skipped"].append({"path": spec.path, "reason": _skip_reason(e)})
+                stats["skipped"].append({"path": spec.path,
+                                         "reason": sharding.skip_reason(e)})
                 continue
-            writer.write(record)
             stats["videos"] += 1
             stats["frames"] += num_frames
-    tf.io.gfile.rename(tmp_path, path, overwrite=True)
-    stats["bytes"] = tf.io.gfile.stat(path).length
+            yield record
+    stats["bytes"] = sharding.write_records(path, records())
     return stats
 
 
@@ -220,33 +209,6 @@ def _label_indexer(names: Sequence[str]) -> Callable[[str], Optional[int]]:
     return index
 
 
-def _check_other_shardings(output_dir: str, split: str, num_shards: int) -> None:
-    suffix = f"-of-{num_shards:05d}.tfrecord"
-    others = [name for name in tf.io.gfile.glob(os.path.join(output_dir, f"{split}-*.tfrecord"))
-              if not name.endswith(suffix)]
-    if others:
-        raise ValueError(f"{output_dir!r} already holds {split} shards of another sharding "
-                         f"({os.path.basename(others[0])}); remove them or pass the same "
-                         f"--num_shards.")
-
-
-def _read_reports(output_dir: str) -> dict:
-    """The reports of earlier runs by split ({} when missing or unreadable)."""
-    path = os.path.join(output_dir, REPORT_NAME)
-    try:
-        return json.loads(tf.io.gfile.GFile(path).read()) if tf.io.gfile.exists(path) else {}
-    except ValueError:
-        return {}
-
-
-def _update_report(output_dir: str, split: str, report: dict) -> None:
-    path = os.path.join(output_dir, REPORT_NAME)
-    reports = _read_reports(output_dir)
-    reports[split] = report
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(reports, indent=1) + "\n")
-
-
 def convert(input_path: str, output_dir: str, *, fps: Optional[float] = 25.0,
             short_side: Optional[int] = 256, jpeg_quality: int = 90,
             num_shards: Optional[int] = None, workers: int = 1, split_name: str = "train",
@@ -277,42 +239,20 @@ def convert(input_path: str, output_dir: str, *, fps: Optional[float] = 25.0,
                          f"({label_source}); check --label_map.")
     num_shards = num_shards or max(1, math.ceil(len(videos) / VIDEOS_PER_SHARD))
     tf.io.gfile.makedirs(output_dir)
-    _check_other_shardings(output_dir, split_name, num_shards)
+    sharding.check_other_shardings(output_dir, split_name, num_shards)
     if not tf.io.gfile.exists(schema.label_map_path(output_dir)):
         schema.write_label_map(schema.label_map_path(output_dir), names)
 
     random.Random(0).shuffle(videos)  # Mix classes across and within shards, reproducibly.
-    old = _read_reports(output_dir).get(split_name, {})
-    shards, done, tasks = {}, [], {}
-    for s in range(num_shards):
-        name = schema.shard_filename(split_name, s, num_shards)
-        path = os.path.join(output_dir, name)
-        if tf.io.gfile.exists(path):  # Finished by an earlier run: keep it.
-            done.append(name)
-            known = old.get("shards", {}).get(name, {})
-            shards[name] = known if known.get("videos") is not None else count_shard(path)
-        else:
-            tasks[name] = (path, videos[s::num_shards], fps, short_side, jpeg_quality)
-
-    failed = []
-    bar = tqdm.tqdm(total=sum(len(t[1]) for t in tasks.values()), unit="video",
-                    disable=not progress, desc=f"{split_name} shards")
-    if workers > 1 and len(tasks) > 1:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"))
-        futures = {pool.submit(write_shard, *task): name for name, task in tasks.items()}
-        results = ((futures[f], f) for f in concurrent.futures.as_completed(futures))
-    else:
-        pool, results = None, ((name, task) for name, task in tasks.items())
-    for name, job in results:
-        try:
-            shards[name] = job.result() if pool else write_shard(*job)
-        except Exception as e:  # A crashed shard is reported; a rerun retries it.
-            failed.append({"shard": name, "reason": _skip_reason(e)})
-        bar.update(len(tasks[name][1]))
-    bar.close()
-    if pool:
-        pool.shutdown()
+    names = [schema.shard_filename(split_name, s, num_shards) for s in range(num_shards)]
+    shards = sharding.finished_shards(output_dir, split_name, names, count_shard, "videos")
+    done = sorted(shards)
+    tasks = {name: (os.path.join(output_dir, name), videos[s::num_shards], fps, short_side,
+                    jpeg_quality) for s, name in enumerate(names) if name not in shards}
+    written, failed = sharding.run_shards(
+        write_shard, tasks, {n: len(t[1]) for n, t in tasks.items()}, workers, progress,
+        f"{split_name} shards", "video")
+    shards.update(written)
 
     skipped += [item for s in shards.values() for item in s.get("skipped", [])]
     report = {
@@ -328,7 +268,7 @@ def convert(input_path: str, output_dir: str, *, fps: Optional[float] = 25.0,
         "shards_failed": failed, "seconds": round(time.time() - began, 2),
         "shards": dict(sorted(shards.items())),
     }
-    _update_report(output_dir, split_name, report)
+    sharding.update_report(output_dir, split_name, report)
     schema.write_example_counts(output_dir, split_name,
                                 {name: s["videos"] for name, s in shards.items()})
     return report

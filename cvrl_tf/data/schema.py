@@ -6,6 +6,8 @@ context `clip/label/index` (int64, 0+ values), optional context `clip/label/text
 parsed-example dict `{'frames': string [L], 'label': int32 [n], 'id': string []}`.
 On disk, a data set directory holds the shards, label_map.txt and example_counts.json (the
 videos of each shard, recorded by the writers; `read_example_count` answers for a pattern).
+Detection (AVA) records are the same SequenceExample around one keyframe, with person boxes,
+their actions and proposals in context (`make_detection_example`, `parse_detection_example`).
 """
 import json
 import os
@@ -21,6 +23,17 @@ MEDIA_ID_KEY = "clip/media_id"
 LABEL_MAP_NAME = "label_map.txt"
 # Next to the shards: {split: {"num_examples": n, "shards": {shard basename: videos}}}.
 EXAMPLE_COUNTS_NAME = "example_counts.json"
+# Detection records: the keyframe, person boxes (TF order), multi-hot actions as
+# (label, box) pairs, proposals. Boxes are normalized to the full frame.
+KEYFRAME_INDEX_KEY = "clip/keyframe/index"
+KEYFRAME_TIMESTAMP_KEY = "clip/keyframe/timestamp"
+BOX_KEYS = ("region/bbox/ymin", "region/bbox/xmin", "region/bbox/ymax", "region/bbox/xmax")
+TRACK_KEY = "region/track/id"
+REGION_LABEL_KEY = "region/label/index"
+REGION_LABEL_BOX_KEY = "region/label/box"
+PROPOSAL_BOX_KEYS = ("proposal/bbox/ymin", "proposal/bbox/xmin", "proposal/bbox/ymax",
+                     "proposal/bbox/xmax")
+PROPOSAL_SCORE_KEY = "proposal/score"
 
 
 def encode_frames(frames: np.ndarray, quality: int = 90) -> list[bytes]:
@@ -83,6 +96,84 @@ def parse_sequence_example(serialized: tf.Tensor,
         "frames": tf.reshape(sequence[IMAGE_KEY].values, [-1]),
         "label": tf.cast(context[LABEL_KEY].values, tf.int32),
         "id": video_id,
+    }
+
+
+def _boxes_array(boxes, what: str) -> np.ndarray:
+    boxes = np.asarray(boxes if boxes is not None else np.zeros([0, 4]), np.float32)
+    if boxes.size == 0:
+        boxes = boxes.reshape([0, 4])
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{what} must be [N, 4] (ymin, xmin, ymax, xmax), got {boxes.shape}.")
+    return boxes
+
+
+def make_detection_example(jpeg_frames: Sequence[bytes], key: str, keyframe_index: int,
+                           timestamp: int, boxes, box_labels: Sequence[Sequence[int]],
+                           track_ids: Optional[Sequence[int]] = None, proposals=None,
+                           proposal_scores: Optional[Sequence[float]] = None
+                           ) -> tf.train.SequenceExample:
+    """Builds one AVA keyframe record: the frames around it, its key (`clip/media_id`, the
+    evaluator's "video,0902"), person boxes [N, 4] (ymin, xmin, ymax, xmax; normalized) with
+    their 0-based action indices (`box_labels[i]` for box i), person ids and proposals [P, 4]
+    with scores. `clip/label/index` stays empty, so classification readers parse it too."""
+    boxes = _boxes_array(boxes, "boxes")
+    proposals = _boxes_array(proposals, "proposals")
+    scores = list(proposal_scores if proposal_scores is not None else [])
+    track_ids = list(track_ids) if track_ids is not None else [-1] * len(boxes)
+    if not 0 <= keyframe_index < len(jpeg_frames):
+        raise ValueError(f"keyframe_index {keyframe_index} is outside the {len(jpeg_frames)} "
+                         f"frames of {key}.")
+    if len(box_labels) != len(boxes) or len(track_ids) != len(boxes) \
+            or len(scores) != len(proposals):
+        raise ValueError(f"{key}: {len(boxes)} boxes need as many label lists and track ids "
+                         f"(got {len(box_labels)}, {len(track_ids)}), {len(proposals)} "
+                         f"proposals as many scores (got {len(scores)}).")
+    example = make_sequence_example(jpeg_frames, None, key)
+    context = example.context.feature
+    context[KEYFRAME_INDEX_KEY].int64_list.value.append(int(keyframe_index))
+    context[KEYFRAME_TIMESTAMP_KEY].int64_list.value.append(int(timestamp))
+    for name, values in zip(BOX_KEYS + PROPOSAL_BOX_KEYS, list(boxes.T) + list(proposals.T)):
+        context[name].float_list.value.extend(values.tolist())
+    context[PROPOSAL_SCORE_KEY].float_list.value.extend(float(s) for s in scores)
+    context[TRACK_KEY].int64_list.value.extend(int(t) for t in track_ids)
+    for box, labels in enumerate(box_labels):
+        context[REGION_LABEL_KEY].int64_list.value.extend(int(x) for x in labels)
+        context[REGION_LABEL_BOX_KEY].int64_list.value.extend([box] * len(labels))
+    return example
+
+
+def parse_detection_example(serialized: tf.Tensor) -> dict:
+    """Parses one detection record; graph-safe. Returns 'frames' string [L], 'id' string [],
+    'keyframe_index' and 'timestamp' int32 [], 'gt_boxes' float32 [N, 4] and 'proposals'
+    float32 [P, 4] (ymin, xmin, ymax, xmax), 'gt_label_index' and 'gt_label_box' int32 [K]
+    (action index k belongs to box gt_label_box[k]), 'proposal_scores' float32 [P]."""
+    floats = {name: tf.io.VarLenFeature(tf.float32)
+              for name in BOX_KEYS + PROPOSAL_BOX_KEYS + (PROPOSAL_SCORE_KEY,)}
+    ints = {name: tf.io.VarLenFeature(tf.int64) for name in (REGION_LABEL_KEY,
+                                                              REGION_LABEL_BOX_KEY)}
+    context, sequence = tf.io.parse_single_sequence_example(
+        serialized,
+        context_features={
+            MEDIA_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+            KEYFRAME_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
+            KEYFRAME_TIMESTAMP_KEY: tf.io.FixedLenFeature([], tf.int64),
+            **floats, **ints},
+        sequence_features={IMAGE_KEY: tf.io.VarLenFeature(tf.string)})
+
+    def stacked(names: Sequence[str]) -> tf.Tensor:
+        return tf.reshape(tf.stack([context[n].values for n in names], axis=1), [-1, 4])
+
+    return {
+        "frames": tf.reshape(sequence[IMAGE_KEY].values, [-1]),
+        "id": context[MEDIA_ID_KEY],
+        "keyframe_index": tf.cast(context[KEYFRAME_INDEX_KEY], tf.int32),
+        "timestamp": tf.cast(context[KEYFRAME_TIMESTAMP_KEY], tf.int32),
+        "gt_boxes": stacked(BOX_KEYS),
+        "gt_label_index": tf.cast(context[REGION_LABEL_KEY].values, tf.int32),
+        "gt_label_box": tf.cast(context[REGION_LABEL_BOX_KEY].values, tf.int32),
+        "proposals": stacked(PROPOSAL_BOX_KEYS),
+        "proposal_scores": context[PROPOSAL_SCORE_KEY].values,
     }
 
 

@@ -13,6 +13,7 @@ demo's tiny R3D learned motion only in some runs (docs/DEMO.md); with grey level
 clips of a video share is mostly their motion, which is what the demo is meant to show.
 
     python -m cvrl_tf.data.synthetic --output_dir DIR   # train/eval TFRecords + label_map.txt
+    python -m cvrl_tf.data.synthetic --detection --output_dir DIR  # synthetic AVA (synthetic_ava)
 """
 if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
     from cvrl_tf.runtime import cli as _cli
@@ -23,6 +24,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import sys
 from typing import Optional
 
 import numpy as np
@@ -43,13 +45,37 @@ def _size_trajectory(rng: np.random.Generator, num_frames: int, size: int) -> np
     return np.linspace(r_small, r_large, num_frames)
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple:
-    """A static, faintly textured grey background [size, size, 3] (float) and its grey level."""
+def background(rng: np.random.Generator, height: int, width: Optional[int] = None) -> tuple:
+    """A static, faintly textured grey background [height, width, 3] (float, width defaults to
+    height) and its grey level."""
+    width = width or height
     level = rng.uniform(30.0, 225.0)
     coarse = rng.normal(0.0, 1.0, (4, 4, 1))
-    texture = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size]
+    texture = np.kron(coarse, np.ones((height // 4 + 1, width // 4 + 1, 1)))[:height, :width]
     amplitude = rng.uniform(2.0, 8.0)
     return np.clip(level + amplitude * np.repeat(texture, 3, axis=-1), 0, 255), level
+
+
+def object_level(rng: np.random.Generator, background_level: float) -> float:
+    """An object's grey level, at least 70 levels from the background's (kept visible)."""
+    level = rng.uniform(0, 255)
+    while abs(level - background_level) < 70:
+        level = rng.uniform(0, 255)
+    return level
+
+
+def shape_alpha(dy: np.ndarray, dx: np.ndarray, radius, square: bool) -> np.ndarray:
+    """Coverage in [0, 1] of a square (half side `radius`) or disc (radius `radius`) at pixel
+    offsets dy, dx from its centre, anti-aliased over one pixel."""
+    dist = np.maximum(np.abs(dy), np.abs(dx)) if square else np.hypot(dy, dx)
+    return np.clip(radius - dist + 0.5, 0.0, 1.0)
+
+
+def noisy_frames(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Grey frames [..., H, W] (float) as uint8 RGB with per-channel pixel noise."""
+    frames = np.repeat(grey[..., None], 3, axis=-1)
+    frames += rng.normal(0.0, rng.uniform(3.0, 12.0), frames.shape)
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
 
 
 def sample_trajectory(rng: np.random.Generator, label: int, num_frames: int = 32,
@@ -74,22 +100,17 @@ def render_video(rng: np.random.Generator, label: int, num_frames: int = 32,
                  size: int = 48) -> np.ndarray:
     """One video of class `label`, uint8 [num_frames, size, size, 3]."""
     path = sample_trajectory(rng, label, num_frames, size)
-    background, bg_level = _background(rng, size)
-    level = rng.uniform(0, 255)
-    while abs(level - bg_level) < 70:  # keep the object visible
-        level = rng.uniform(0, 255)
+    backdrop, bg_level = background(rng, size)
+    level = object_level(rng, bg_level)
     square = rng.random() < 0.5
     grid = np.arange(size, dtype=np.float64) + 0.5
     # Distances on the torus, so motion wraps around and positions stay uniform.
     ddy = (grid[None, :, None] - path["y"][:, None, None] + size / 2) % size - size / 2
     ddx = (grid[None, None, :] - path["x"][:, None, None] + size / 2) % size - size / 2
-    dist = np.maximum(np.abs(ddy), np.abs(ddx)) if square else np.hypot(ddy, ddx)
-    alpha = np.clip(path["radius"][:, None, None] - dist + 0.5, 0.0, 1.0)
+    alpha = shape_alpha(ddy, ddx, path["radius"][:, None, None], square)
     # Object and background are grey: blend one channel, then add per-channel pixel noise.
-    grey = alpha * level + (1.0 - alpha) * background[None, :, :, 0]
-    frames = np.repeat(grey[..., None], 3, axis=-1)
-    frames += rng.normal(0.0, rng.uniform(3.0, 12.0), frames.shape)
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+    grey = alpha * level + (1.0 - alpha) * backdrop[None, :, :, 0]
+    return noisy_frames(grey, rng)
 
 
 @tf.function(autograph=False)
@@ -170,21 +191,38 @@ def write_dataset(output_dir: str, num_train: int = 600, num_eval: int = 300,
 
 
 @cli.guard
-def main(argv: Optional[list] = None) -> None:
-    """CLI: write the data set and print its summary as JSON."""
+def main(argv: Optional[list] = None) -> int:
+    """CLI: write the data set (the motion set, or with --detection the synthetic AVA set) and
+    print its summary as JSON; exit 2 with one sentence on bad settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--num_train", type=int, default=600)
-    parser.add_argument("--num_eval", type=int, default=300)
+    parser.add_argument("--detection", action="store_true",
+                        help="the synthetic AVA set (videos + AVA annotation files) instead")
+    parser.add_argument("--num_train", type=int, default=None, help="videos (600; AVA: 48)")
+    parser.add_argument("--num_eval", type=int, default=None, help="videos (300; AVA: 16)")
     parser.add_argument("--num_frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--num_shards", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=int, default=6, help="AVA: seconds per video")
+    parser.add_argument("--fps", type=int, default=10, help="AVA: frames per second")
+    parser.add_argument("--height", type=int, default=64, help="AVA: frame height")
+    parser.add_argument("--width", type=int, default=96, help="AVA: frame width")
     args = parser.parse_args(argv)
-    info = write_dataset(args.output_dir, args.num_train, args.num_eval, args.num_frames,
-                         args.size, args.num_shards, args.seed)
+    if args.detection:
+        # Imported here: synthetic_ava draws its actors with this module's helpers.
+        from cvrl_tf.data import synthetic_ava  # pylint: disable=import-outside-toplevel
+        info = synthetic_ava.write_dataset(
+            args.output_dir, args.num_train or 48, args.num_eval or 16, args.seconds,
+            args.fps, args.height, args.width, args.seed)
+    else:
+        info = write_dataset(args.output_dir, args.num_train or 600, args.num_eval or 300,
+                             args.num_frames, args.size, args.num_shards, args.seed)
     print(json.dumps(info, indent=2))
+    if args.detection:
+        print(f"Next, convert it:\n{synthetic_ava.next_commands(info)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
