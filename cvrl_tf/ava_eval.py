@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from cvrl_tf import frame_map
 from cvrl_tf.data import ava
+from cvrl_tf.runtime import cli
 
 
 def evaluate_files(groundtruth: str, detections: str, label_map: str,
@@ -48,8 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.groundtruth, args.detections, args.label_map, args.excluded_timestamps,
             args.max_detections_per_key)
     except ValueError as e:  # Bad input: one sentence, no traceback.
-        print(f"ava_eval: error: {e}", file=sys.stderr)
-        return 2
+        cli.fail(str(e))
     for class_id, ap in per_class.items():
         shown = "     -" if ap != ap else f"{ap:.4f}"
         print(f"{class_id:4d}  {shown}  {names[class_id]}")

@@ -135,11 +135,13 @@ def test_the_command_prints_a_summary_or_one_sentence(ava_dir, tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.startswith("train: 3 keyframes of 1 videos written (4 person boxes")
     assert "skipped video gone: no file gone.* in --videos" in out
-    assert convert_ava.main(args[:-2] + ["--video_start", "soon"]) == 2
-    assert capsys.readouterr().err == ("convert_ava: error: --video_start must be auto or "
+    with pytest.raises(SystemExit, match="2"):
+        convert_ava.main(args[:-2] + ["--video_start", "soon"])
+    assert capsys.readouterr().err == ("Error: --video_start must be auto or "
                                        "seconds, got 'soon'.\n")
-    assert convert_ava.main(args[:3] + [ava_dir["videos"] + "/x.csv"] + args[4:]) == 2
-    assert capsys.readouterr().err.startswith("convert_ava: error: AVA file ")
+    with pytest.raises(SystemExit, match="2"):
+        convert_ava.main(args[:3] + [ava_dir["videos"] + "/x.csv"] + args[4:])
+    assert capsys.readouterr().err.startswith("Error: AVA file ")
 
 
 @pytest.mark.slow

@@ -158,14 +158,16 @@ def test_ava_eval_refuses_a_bad_file_in_one_sentence(tmp_path, capsys):
     gt_csv, det_csv, label_map, _ = _write_files(tmp_path, [det(A, TALL, 1, 0.9)])
     with open(det_csv, "a") as f:
         f.write("vid_a,0902,0.1,0.1,0.2\n")
-    assert ava_eval.main(["--groundtruth", gt_csv, "--detections", det_csv,
-                          "--label_map", label_map]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        ava_eval.main(["--groundtruth", gt_csv, "--detections", det_csv,
+                       "--label_map", label_map])
     err = capsys.readouterr().err
-    assert err == f"ava_eval: error: AVA file {det_csv}, line 2: expected 8 columns " \
+    assert err == f"Error: AVA file {det_csv}, line 2: expected 8 columns " \
                   "(video_id, timestamp, x1, y1, x2, y2, action_id, ...) or 7, got 5.\n"
     ava.write_label_map(label_map, {7: "other"})
-    assert ava_eval.main(["--groundtruth", gt_csv, "--detections", det_csv,
-                          "--label_map", label_map]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        ava_eval.main(["--groundtruth", gt_csv, "--detections", det_csv,
+                       "--label_map", label_map])
     assert "has no row of the 1 classes" in capsys.readouterr().err
 
 

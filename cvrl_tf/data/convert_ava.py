@@ -16,6 +16,11 @@ from DIR, keyframes outside their video and videos that fail to decode are named
 cause in OUT/convert_report.json. Shards (one per video by default) are written and resumed
 as by cvrl_tf.data.convert; OUT/example_counts.json counts keyframes.
 """
+if __name__ == "__main__":  # A command: settle the process before TensorFlow starts.
+    from cvrl_tf.runtime import cli as _cli
+    _cli.start()
+
+# pylint: disable=wrong-import-position
 import argparse
 import dataclasses
 import os
@@ -27,6 +32,7 @@ import tensorflow as tf
 from google.protobuf import message
 
 from cvrl_tf.data import ava, ava_video, schema, sharding
+from cvrl_tf.runtime import cli
 
 ACTION_LIST_NAME = "action_list.pbtxt"  # The label map of the records, next to label_map.txt.
 
@@ -328,9 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         start = None if args.video_start == "auto" else float(args.video_start)
     except ValueError:
-        print(f"convert_ava: error: --video_start must be auto or seconds, got "
-              f"{args.video_start!r}.", file=sys.stderr)
-        return 2
+        cli.fail(f"--video_start must be auto or seconds, got {args.video_start!r}.")
     settings = Settings(args.fps, args.short_side, args.jpeg_quality, args.window_frames, start)
     try:
         report = convert_ava(args.videos, args.annotations, args.label_map, args.output_dir,
@@ -338,12 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              excluded_timestamps=args.excluded_timestamps, settings=settings,
                              num_shards=args.num_shards, workers=args.workers)
     except ValueError as e:  # Bad input: one sentence, no traceback.
-        print(f"convert_ava: error: {e}", file=sys.stderr)
-        return 2
+        cli.fail(str(e))
     _print_report(report)
     return 1 if report["shards_failed"] else 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())
