@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cvrl_tf_installed
 DEMO_DIR ?= runs/demo
+DETECTION_DEMO_DIR ?= runs/demo_detection
 # Two processes, a file each at a time (tests/conftest.py orders the longest files first).
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-.PHONY: demo test test-scenarios bench clean venv
+.PHONY: demo demo-detection test test-scenarios bench clean venv
 
 venv: $(STAMP)
 
@@ -19,6 +20,10 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(BIN)/python -m cvrl_tf.demo --output_dir $(DEMO_DIR)
+
+demo-detection: $(STAMP)  # reuses $(DEMO_DIR)/pretrain when `make demo` left one
+	$(BIN)/python -m cvrl_tf.demo_detection --output_dir $(DETECTION_DEMO_DIR) \
+		--pretrain_dir $(DEMO_DIR)/pretrain
 
 test: $(STAMP)  # every test but the whole-command scenarios (tests marked scenario)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not scenario"

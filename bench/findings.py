@@ -139,7 +139,7 @@ class Sweep:
         self.command = command
         size = inspect.signature(demo.run_demo).parameters  # The demo's own data set size.
         demo.ensure_data(self.data_dir, size["num_train"].default, size["num_eval"].default)
-        data = demo._data_bindings(self.data_dir)  # pylint: disable=protected-access
+        data = demo.data_bindings(self.data_dir)
         self.params, self.steps, digest = {}, {}, hashlib.sha256()
         for key, gin_file in (("pretrain", demo.PRETRAIN_GIN), ("linear", demo.LINEAR_GIN)):
             scaled, self.steps[key] = scaled_bindings(gin_file, data + list(gin_params),

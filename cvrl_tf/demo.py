@@ -49,7 +49,7 @@ PRETRAIN_GIN = "experiments/demo_pretrain.gin"
 LINEAR_GIN = "experiments/demo_linear_eval.gin"
 
 
-def _data_bindings(data_dir: str) -> list[str]:
+def data_bindings(data_dir: str) -> list[str]:
     """The demo's data set, and no per-record error catching on it: the demo wrote it, so a
     bad record is refused (named) instead of skipped. Catching costs a large share of the input
     pipeline on these 48x48 videos (build_dataset's skip_bad_records; docs/DEMO.md)."""
@@ -67,12 +67,15 @@ def ensure_data(data_dir: str, num_train: int, num_eval: int) -> None:
     synthetic.write_dataset(data_dir, num_train=num_train, num_eval=num_eval)
 
 
-def _phase(name: str, gin_file: str, params: Sequence[str], pretrain: bool
-           ) -> demo_clock.Phase:
-    """Steps and clips per step of one run, read from its gin config."""
+def phase(name: str, gin_file: str, params: Sequence[str], pretrain: bool,
+          cost: Optional[float] = None) -> demo_clock.Phase:
+    """Steps and clips per step of one run, read from its gin config; `cost` its clips' cost
+    relative to the first phase's (default: 1 for pretraining, 1 / LINEAR_SPEEDUP else)."""
     cfg, _ = train.job_from_gin([gin_file], params, model_dir="")
     steps = config.schedule(cfg).total
-    return demo_clock.Phase(name, steps, cfg.global_batch_size * (2 if pretrain else 1))
+    if cost is None:
+        cost = 1.0 if pretrain else 1.0 / demo_clock.LINEAR_SPEEDUP
+    return demo_clock.Phase(name, steps, cfg.global_batch_size * (2 if pretrain else 1), cost)
 
 
 def run_demo(output_dir: str, gin_params: Sequence[str] = (), num_train: int = 600,
@@ -92,14 +95,14 @@ def run_demo(output_dir: str, gin_params: Sequence[str] = (), num_train: int = 6
     for path in dirs.values():
         if tf.io.gfile.exists(path):
             shutil.rmtree(path)
-    params = _data_bindings(data_dir) + list(gin_params)
+    params = data_bindings(data_dir) + list(gin_params)
     runs = [("pretrain", PRETRAIN_GIN, [], "CVRL pretraining"),
             ("linear_eval_cvrl", LINEAR_GIN, [f"PRETRAIN_DIR = {dirs['pretrain']!r}"],
              "Linear evaluation: cvrl backbone"),
             ("linear_eval_random", LINEAR_GIN, ["PRETRAIN_DIR = ''"],
              "Linear evaluation: random_init backbone")]
     clock = demo_clock.DemoClock(
-        [_phase(name, gin_file, params + extra, name == "pretrain")
+        [phase(name, gin_file, params + extra, name == "pretrain")
          for name, gin_file, extra, _ in runs], start)
     outputs = {}
     for name, gin_file, extra, title in runs:

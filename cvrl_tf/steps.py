@@ -227,11 +227,7 @@ def augment_detection_batch(batch: Batch, batched: Optional[bool] = None) -> Bat
         raise ValueError(f"Detection batches need one augmentation row per clip [B, width] (the "
                          f"boxes belong to the whole clip); got {params.shape}.")
     out = device_augment.augment_batch(batch, batched)
-    boxes = tf.convert_to_tensor(batch["boxes"])
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, num=4, axis=-1)
-    mirrored = tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
-    flip = params[:, device_augment.FLIP, tf.newaxis, tf.newaxis] > 0.5
-    out["boxes"] = tf.where(flip, mirrored, boxes)
+    out["boxes"] = device_augment.flip_boxes(tf.convert_to_tensor(batch["boxes"]), params)
     return out
 
 

@@ -6,7 +6,7 @@ r"""The cvrl_tf binary: pretrain, linear-evaluate, fine-tune or evaluate, at any
 
 gin binds the one root, `run` (the fields of cvrl_tf.training.config.JobConfig), and a few
 registered library functions (build_backbone, projection_head, finetune_classifier,
-build_dataset); library code never reads gin. See gin/experiments/ for launchable configs. A
+roi_head, build_dataset); library code never reads gin. See gin/experiments/ for launchable configs. A
 restarted job continues where it stopped (the resume order: checkpoints.resume). Exit status:
 0 when the run finished or stopped cleanly on a notice (SIGTERM, SIGINT, a GCE preemption;
 the line printed says what was saved), 2 for a user error (one sentence), 1 for a lost worker
@@ -47,6 +47,7 @@ build_backbone = gin.external_configurable(_models.build_backbone, module="cvrl_
 projection_head = gin.external_configurable(_models.projection_head, module="cvrl_tf.models")
 finetune_classifier = gin.external_configurable(_models.finetune_classifier,
                                                 module="cvrl_tf.models")
+detection_head = gin.external_configurable(_models.roi_head, module="cvrl_tf.models")
 build_dataset = gin.external_configurable(_pipeline.build_dataset, module="cvrl_tf.data")
 # The one root: `run.<field>` binds the fields of config.JobConfig (names and defaults there;
 # unknown names are refused by gin).
@@ -130,7 +131,7 @@ def job_from_gin(gin_files: Sequence[str], gin_params: Sequence[str] = (),
     parse_gin(gin_files, gin_params)
     builders = config.Builders(backbone=build_backbone, projection_head=projection_head,
                                finetune_classifier=finetune_classifier, dataset=build_dataset,
-                               config_str=_config_str)
+                               detection_head=detection_head, config_str=_config_str)
     return job_config(model_dir), builders
 
 

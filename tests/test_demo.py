@@ -32,7 +32,7 @@ def test_demo_writes_results_and_names_its_dir_last(tmp_path, capsys):
     # Speed and ETA after the second pretraining loop, before any linear evaluation.
     eta = [i for i, line in enumerate(printed) if line.startswith("[demo] measured ")]
     linear = printed.index("== Linear evaluation: cvrl backbone ==")
-    assert len(eta) == 1 and eta[0] < linear and "clips/s in pretraining; ETA" in printed[eta[0]]
+    assert len(eta) == 1 and eta[0] < linear and "clips/s in pretrain; ETA" in printed[eta[0]]
     assert printed[-3].startswith("[demo] wall time ") and "estimated" in printed[-3]
     with open(out / "results.json") as f:
         saved = json.load(f)

@@ -15,8 +15,8 @@ class FakeClock:
 
 def _clock(printed: list, fake: FakeClock) -> demo_clock.DemoClock:
     phases = [demo_clock.Phase("pretrain", 100, 128),
-              demo_clock.Phase("linear_eval_cvrl", 50, 64),
-              demo_clock.Phase("linear_eval_random", 50, 64)]
+              demo_clock.Phase("linear_eval_cvrl", 50, 64, 1 / demo_clock.LINEAR_SPEEDUP),
+              demo_clock.Phase("linear_eval_random", 50, 64, 1 / demo_clock.LINEAR_SPEEDUP)]
     return demo_clock.DemoClock(phases, start=0.0, print_fn=printed.append, clock=fake)
 
 

@@ -62,7 +62,7 @@ def test_experiments_resolve_and_pass_the_check(path, tmp_path):
     assert "python -m cvrl_tf." in header and "Expect" in header, "header: launch + result"
     cfg = _resolve(path, tmp_path)
     config.check(cfg, tf.distribute.get_strategy())
-    assert cfg.mode in ("pretrain", "linear_eval", "finetune", "evaluate")
+    assert cfg.mode in ("pretrain", "linear_eval", "finetune", "detect", "evaluate")
     if cfg.mode != "pretrain":
         assert cfg.num_classes > 0 and cfg.warm_start
 

@@ -63,7 +63,9 @@ def _params(data_dir, steps, *extra):
 
 def _start(params, model_dir, workers, log_dir, name, flags=()):
     """Starts one process per worker; returns (procs, log paths)."""
-    args = [sys.executable, "-m", "cvrl_tf.train", "--strategy=multi_worker",
+    # --verbose: each worker's Python log lines (its input pipeline, its final weights' digest)
+    # on its console, as the non-chief worker's log file goes with its temporary directory.
+    args = [sys.executable, "-m", "cvrl_tf.train", "--strategy=multi_worker", "--verbose",
             f"--gin_file={GIN_FILE}", f"--model_dir={model_dir}", *flags,
             *[f"--gin_param={p}" for p in params]]
     procs, paths = [], []

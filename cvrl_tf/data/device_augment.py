@@ -287,3 +287,14 @@ def augment_batch(batch: Dict[str, tf.Tensor], batched: Optional[bool] = None
     out = {k: v for k, v in batch.items() if k != PARAMS_KEY}
     out["video"] = apply_params(batch["video"], batch[PARAMS_KEY], batched)
     return out
+
+
+def flip_boxes(boxes: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
+    """Boxes [..., M, 4] (normalized ymin, xmin, ymax, xmax) of clips with parameter rows
+    [..., width], mirrored (x -> 1 - x) where the row flips its clip: what a flip does to the
+    boxes of a detection clip (the other ops are photometric and leave boxes alone)."""
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, num=4, axis=-1)
+    mirrored = tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
+    flip = params[..., FLIP, tf.newaxis, tf.newaxis] > 0.5
+    return tf.where(flip, mirrored, boxes)
+

@@ -25,9 +25,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from cvrl_tf.data import checks, clips, device_augment, schema, spatial, stream, temporal
+from cvrl_tf.data import checks, clips, detection, device_augment, schema, spatial, stream
+from cvrl_tf.data import temporal
 
-MODES = ("pretrain", "train", "eval")
+MODES = ("pretrain", "train", "eval", "detect", "detect_eval")
+DETECTION_MODES = ("detect", "detect_eval")
 AUGMENT_ON = ("host", "device")
 SHORT_VIDEOS = ("wrap", "skip", "error")
 _NO_COLOR = dict(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
@@ -54,8 +56,10 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                   area_range: Sequence[float] = (0.3, 1.0),
                   aspect_ratio_range: Sequence[float] = (0.5, 2.0),
                   tfds_data_dir: Optional[str] = None, augment_on: Optional[str] = None,
-                  start_positions: Optional[np.ndarray] = None,
-                  **augment_kwargs) -> tf.data.Dataset:
+                  start_positions: Optional[np.ndarray] = None, max_boxes: int = 32,
+                  proposal_min_score: float = 0.8,
+                  train_proposal_min_score: Optional[float] = None,
+                  frame_aspect: float = 16 / 9, **augment_kwargs) -> tf.data.Dataset:
     """The input pipeline: batches of {'video', 'label', 'id', ...} for one input pipeline.
 
     mode 'pretrain': video [2B, T, S, S, 3], rows i and i+B are two clips of one video, view 1
@@ -94,11 +98,16 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                   short_videos=short_videos, repeat=repeat, color_augment=color_augment,
                   views=(num_temporal_views, num_spatial_views), drop_remainder=drop_remainder,
                   area_range=area_range, aspect_ratio_range=aspect_ratio_range,
-                  augment_on=augment_on, augment_kwargs=augment_kwargs)
+                  augment_on=augment_on, augment_kwargs=augment_kwargs,
+                  detect=dict(max_boxes=max_boxes, proposal_min_score=proposal_min_score,
+                              train_proposal_min_score=train_proposal_min_score,
+                              frame_aspect=frame_aspect))
     seed, ds = stream.examples(file_pattern, input_context=input_context, training=s.training,
                                repeat=s.repeat, skip=s.skip, deterministic=s.deterministic,
                                shuffle_buffer=shuffle_buffer, seed=seed,
-                               start_positions=start_positions, tfds_data_dir=tfds_data_dir)
+                               start_positions=start_positions, tfds_data_dir=tfds_data_dir,
+                               parser=(detection.PARSER if mode in DETECTION_MODES
+                                       else stream.Parser()))
     return _batched(_clips(ds, s, seed), s)
 
 
@@ -124,6 +133,7 @@ class _Settings:
     views: tuple
     drop_remainder: bool
     aug: dict
+    detect: dict
 
     @property
     def clip_span(self) -> int:
@@ -133,7 +143,7 @@ class _Settings:
 def _settings(mode, global_batch_size, num_frames, stride, crop_size, input_context, *,
               distribution, power, consistent, seed, num_classes, skip_bad_records,
               short_videos, repeat, color_augment, views, drop_remainder, area_range,
-              aspect_ratio_range, augment_on, augment_kwargs) -> _Settings:
+              aspect_ratio_range, augment_on, augment_kwargs, detect) -> _Settings:
     """Checks the arguments (ValueError naming the bad one) and derives the settings."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -150,10 +160,12 @@ def _settings(mode, global_batch_size, num_frames, stride, crop_size, input_cont
     if min(num_frames, stride, crop_size, global_batch_size) < 1:
         raise ValueError("num_frames, stride, crop_size and global_batch_size must be >= 1, got "
                          f"{num_frames}, {stride}, {crop_size}, {global_batch_size}.")
-    training = mode != "eval"
+    training = mode not in ("eval", "detect_eval")
     aug = dict(area_range=area_range, aspect_ratio_range=aspect_ratio_range, **augment_kwargs)
-    if mode == "train" and not color_augment:
+    if mode in ("train", "detect") and not color_augment:
         aug.update(_NO_COLOR)
+    if mode in DETECTION_MODES:
+        _check_detection(num_classes, **detect)
     return _Settings(
         mode=mode, pipe_id=input_context.input_pipeline_id if input_context else 0,
         batch_size=(input_context.get_per_replica_batch_size(global_batch_size)
@@ -161,11 +173,25 @@ def _settings(mode, global_batch_size, num_frames, stride, crop_size, input_cont
         num_frames=num_frames, stride=stride, crop_size=crop_size, training=training,
         repeat=training if repeat is None else repeat,
         skip=training if skip_bad_records is None else skip_bad_records,
-        deterministic=seed is not None or mode == "eval",  # Eval has no randomness: keep order.
+        deterministic=seed is not None or not training,  # Eval has no randomness: keep order.
         on_device=augment_on == "device" and training,  # Eval clips have nothing to augment.
         short_videos=short_videos, num_classes=num_classes, distribution=distribution,
         power=power, consistent=consistent, views=tuple(views), drop_remainder=drop_remainder,
-        aug=aug)
+        aug=aug, detect=detect)
+
+
+def _check_detection(num_classes, max_boxes, proposal_min_score, train_proposal_min_score,
+                     frame_aspect) -> None:
+    """The detection modes' own arguments (ValueError naming the bad one)."""
+    if not num_classes:
+        raise ValueError("The detection modes need num_classes (the actions of the label map).")
+    if max_boxes < 1 or not frame_aspect > 0:
+        raise ValueError(f"max_boxes={max_boxes} must be >= 1 and frame_aspect={frame_aspect} "
+                         f"> 0.")
+    for name, score in (("proposal_min_score", proposal_min_score),
+                        ("train_proposal_min_score", train_proposal_min_score)):
+        if score is not None and not 0.0 <= score <= 1.0:
+            raise ValueError(f"{name}={score} must be in [0, 1].")
 
 
 def _clip_fn(s: _Settings, seed: int):
@@ -182,6 +208,17 @@ def _clip_fn(s: _Settings, seed: int):
         if s.mode == "train":
             return clips.train_clip(frames, seed_k, s.num_frames, s.stride, s.crop_size,
                                     s.consistent, s.aug, s.on_device)
+        if s.mode == "detect":
+            return detection.train_clip(
+                element, seed_k, s.num_frames, s.stride, s.crop_size, s.aug, s.on_device,
+                max_boxes=s.detect["max_boxes"], num_classes=s.num_classes,
+                proposal_min_score=s.detect["train_proposal_min_score"])
+        if s.mode == "detect_eval":
+            width = 2 * round(s.crop_size * s.detect["frame_aspect"] / 2)
+            return detection.eval_clip(
+                element, s.num_frames, s.stride, (s.crop_size, width),
+                max_boxes=s.detect["max_boxes"], num_classes=s.num_classes,
+                proposal_min_score=s.detect["proposal_min_score"])
         return {"video": clips.eval_views(frames, s.num_frames, s.stride, s.crop_size,
                                           *s.views)}
 

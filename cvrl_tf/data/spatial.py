@@ -19,7 +19,8 @@ from cvrl_tf.data.temporal import SeedLike, resolve_seed
 
 __all__ = ["AUGMENT_KWARGS", "VIEW_BLUR_PROB", "VIEW_SOLARIZE_PROB", "sample_crop_window",
            "sample_crop_windows", "eval_crop_windows", "crop_and_resize", "decode_window",
-           "decode_windows", "decode_crop_and_resize", "crop_clip", "clip_and_params",
+           "decode_windows", "decode_crop_and_resize", "resize_frames", "crop_clip",
+           "clip_and_params",
            "augment_frames", "augment_clip"]
 # Reduced DCT scales libjpeg decodes at (TF's `ratio`); see decode_crop_and_resize.
 DCT_RATIOS = (1, 2, 4, 8)
@@ -68,14 +69,24 @@ def eval_crop_windows(image_height, image_width, num_views: int) -> tf.Tensor:
     return tf.stack([y, x, sides, sides], axis=1)
 
 
-def _resize(image: tf.Tensor, crop_size: int, quantize: bool = False) -> tf.Tensor:
-    """Bilinear resize of a uint8 crop to [..., S, S, 3] (the one resize every path uses):
-    float32 in [0, 1], or with quantize uint8 rounded to the nearest level."""
+def _resize(image: tf.Tensor, size, quantize: bool = False) -> tf.Tensor:
+    """Bilinear resize of a uint8 crop to [..., S, S, 3] (size S) or [..., H, W, 3] (size
+    (H, W)), the one resize every path uses: float32 in [0, 1], or with quantize uint8 rounded
+    to the nearest level."""
+    size = [size, size] if isinstance(size, int) else list(size)
     if quantize:  # The resize of uint8 pixels stays within [0, 255]: + 0.5 and truncate.
-        return tf.cast(tf.image.resize(image, [crop_size, crop_size], "bilinear") + 0.5,
-                       tf.uint8)
-    resized = tf.image.resize(tf.cast(image, tf.float32), [crop_size, crop_size], "bilinear")
+        return tf.cast(tf.image.resize(image, size, "bilinear") + 0.5, tf.uint8)
+    resized = tf.image.resize(tf.cast(image, tf.float32), size, "bilinear")
     return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
+
+
+def resize_frames(jpegs: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Whole JPEG frames decoded and resized to [T, height, width, 3], float32 in [0, 1] (the
+    aspect ratio is not kept: normalized box coordinates stay valid)."""
+    decoded = tf.map_fn(lambda j: tf.io.decode_jpeg(j, channels=3), jpegs,
+                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    return tf.ensure_shape(_resize(decoded, (height, width)),
+                           [jpegs.shape[0], height, width, 3])
 
 
 def crop_and_resize(frames: tf.Tensor, windows: tf.Tensor, crop_size: int,

@@ -64,9 +64,11 @@ def user_error(error: BaseException) -> Optional[str]:
 
 
 def _raised_by_cvrl_tf(error: BaseException) -> bool:
-    """True when the innermost frame that raised `error` is cvrl_tf's own code."""
+    """True when `error` was raised by a `raise` statement of cvrl_tf's own code (a check),
+    not by a library called from it (TensorFlow's filtered tracebacks end in our frames)."""
     frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE)
+    return (bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE)
+            and (frames[-1].line or "").lstrip().startswith("raise"))
 
 
 def guard(main: Callable) -> Callable:

@@ -17,7 +17,7 @@ from cvrl_tf.data import schema
 from cvrl_tf.data import service as data_service
 from cvrl_tf.training import console
 
-MODES = ("pretrain", "linear_eval", "finetune", "evaluate")
+MODES = ("pretrain", "linear_eval", "finetune", "detect", "evaluate")
 CLASSIFIERS = ("linear", "finetune", "probe")
 # A duration: an int number of steps, or a string "<number> steps" / "<number> epochs".
 Duration = Union[int, float, str]
@@ -63,6 +63,12 @@ class JobConfig:
     `record_example_ids`: each worker appends every step's video id hashes to
     model_dir/example_ids/. `profile_steps=(START, END)`: a profiler trace of the loops that
     start in [START, END), for TensorBoard's Profile tab (model_dir/train).
+    `freeze_backbone` (mode 'detect'): train the detection head only, the backbone frozen with
+    BN in inference mode (the demo's comparison of representations); by default the whole
+    network trains, as SlowFast's AVA recipes do.
+    `eval_label_map` (mode 'detect'): the AVA action list (pbtxt) of the evaluated actions,
+    e.g. the 60 of ava_action_list_v2.2_for_activitynet_2019.pbtxt; '' evaluates every action
+    of the data (named by the label_map.txt beside run.eval_data when there is one).
     `data_service_address` ('grpc://HOST:PORT' or 'HOST:PORT'; '' = off): training batches
     come from the tf.data service there (cvrl_tf.data.service), computed by its workers in no
     fixed order, so run.seed does not apply to them and a resumed run reads a fresh order.
@@ -119,6 +125,8 @@ class JobConfig:
     profile_steps: tuple = ()
     image_summaries: bool = True
     data_service_address: str = ""
+    eval_label_map: str = ""
+    freeze_backbone: bool = False
 
     @property
     def eval_clip(self) -> tuple:
@@ -226,7 +234,7 @@ def _check_mode(cfg: JobConfig) -> None:
     if cfg.mode != "evaluate" and not cfg.train_data:
         raise ConfigError(f"run.mode={cfg.mode!r} needs training data: set run.train_data to "
                           f"a TFRecord glob or 'tfds:<name>/<config>/<split>'.")
-    if cfg.mode in ("linear_eval", "finetune", "evaluate") and cfg.num_classes < 1:
+    if cfg.mode in ("linear_eval", "finetune", "detect", "evaluate") and cfg.num_classes < 1:
         raise ConfigError(f"run.mode={cfg.mode!r} needs labels: set run.num_classes (got "
                           f"{cfg.num_classes}) to the number of classes of the data set.")
     if cfg.mode == "evaluate" and not cfg.eval_data:
@@ -343,10 +351,12 @@ class Builders:
     projection_head: Callable[..., keras.Layer]
     finetune_classifier: Callable[..., keras.Layer]
     dataset: Callable[..., tf.data.Dataset]
+    detection_head: Optional[Callable[..., keras.Layer]] = None
     config_str: Callable[[], str] = lambda: ""
 
 
-_CLASSIFIER_OF_MODE = {"linear_eval": "linear", "finetune": "finetune", "pretrain": "probe"}
+_CLASSIFIER_OF_MODE = {"linear_eval": "linear", "finetune": "finetune", "pretrain": "probe",
+                       "detect": "detect"}
 
 
 def classifier_kind(cfg: JobConfig) -> str:
@@ -358,6 +368,9 @@ def build_model(cfg: JobConfig, builders: Builders) -> keras.Model:
     """The mode's Keras model: CVRLModel for pretraining (and probes), else ClassifierModel."""
     backbone = builders.backbone()
     kind = classifier_kind(cfg)
+    if kind == "detect":
+        return models.DetectionModel(backbone, builders.detection_head(cfg.num_classes),
+                                     freeze_backbone=cfg.freeze_backbone)
     if kind == "probe":
         probe = cfg.num_classes if (cfg.online_probe and cfg.num_classes > 0) else None
         return models.CVRLModel(backbone, builders.projection_head(), probe_classes=probe)

@@ -22,10 +22,12 @@ END_COST_SHARE = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-    """One training run of the demo: its name, steps and clips per step."""
+    """One training run of the demo: its name, steps, clips per step, and what one of its
+    clips costs relative to one of the first phase's (measured; docs/DEMO.md)."""
     name: str
     steps: int
     clips_per_step: int
+    cost: float = 1.0
 
 
 class DemoClock:
@@ -79,13 +81,13 @@ class DemoClock:
                      + END_COST_SHARE * setup}
         for phase in self.phases[1:]:
             remaining[phase.name] = ((1.0 + END_COST_SHARE) * setup + phase.steps
-                                     * phase.clips_per_step * clip_sec / LINEAR_SPEEDUP)
+                                     * phase.clips_per_step * clip_sec * phase.cost)
         left = sum(remaining.values())
         self.estimate = {"clips_per_sec": 1.0 / clip_sec, "printed_at_sec": now - self._start,
                          "total_sec": now - self._start + left,
                          "remaining_sec": {k: round(v, 1) for k, v in remaining.items()}}
         parts = ", ".join(f"{name} {format_duration(sec)}" for name, sec in remaining.items())
-        self._print(f"[demo] measured {1.0 / clip_sec:.0f} clips/s in pretraining; "
+        self._print(f"[demo] measured {1.0 / clip_sec:.0f} clips/s in {pretrain.name}; "
                     f"ETA {format_duration(left)} more ({parts}), whole demo about "
                     f"{format_duration(self.estimate['total_sec'])}")
 

@@ -4,12 +4,16 @@
 CVRLModel's online probe). `run_evaluate` is mode 'evaluate': one checkpoint, or every new
 checkpoint of a directory as it appears (tf.train.checkpoints_iterator).
 """
+import os
 from typing import Callable, Optional
 
 import orbit
 import tensorflow as tf
 
 from cvrl_tf import steps
+from cvrl_tf.data import ava
+from cvrl_tf.data import schema
+from cvrl_tf.training import detection_eval
 from cvrl_tf.training import checkpoints
 from cvrl_tf.training import controller as controller_lib
 from cvrl_tf.training import distribute
@@ -30,9 +34,11 @@ def _logits_model(model) -> Callable:
 
 def make_evaluator(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: Builders, model,
                    views: tuple = (1, 1), prefix: str = "",
-                   stop_flag: Optional[tf.Variable] = None) -> trainer_lib.Evaluator:
+                   stop_flag: Optional[tf.Variable] = None):
     """An evaluator over cfg.eval_data with views=(temporal, spatial) views per video (it
-    stops between batches once `stop_flag` is raised)."""
+    stops between batches once `stop_flag` is raised); in mode 'detect', the frame mAP."""
+    if cfg.mode == "detect":
+        return _detection_evaluator(cfg, strategy, builders, model, stop_flag)
     num_frames, stride, crop_size = cfg.eval_clip
     multiview = views != (1, 1)
     batch = ((cfg.multiview_batch_size if multiview else 0) or cfg.eval_batch_size
@@ -50,6 +56,38 @@ def make_evaluator(cfg: JobConfig, strategy: tf.distribute.Strategy, builders: B
     return trainer_lib.Evaluator(strategy=strategy, dataset_fn=dataset_fn,
                                  replica_step=steps.make_eval_step(_logits_model(model)),
                                  prefix=prefix, stop_flag=stop_flag)
+
+
+def _detection_classes(cfg: JobConfig) -> dict:
+    """{action id: name} of the evaluated actions: run.eval_label_map's, else every action of
+    the data, named by the label_map.txt beside run.eval_data when there is one."""
+    if cfg.eval_label_map:
+        return ava.read_label_map(cfg.eval_label_map)
+    names = {}
+    path = schema.label_map_path(os.path.dirname(cfg.eval_data.split(",")[0]))
+    if tf.io.gfile.exists(path):
+        names = dict(enumerate(schema.read_label_map(path), start=1))
+    return {i: names.get(i, str(i)) for i in range(1, cfg.num_classes + 1)}
+
+
+def _detection_evaluator(cfg: JobConfig, strategy, builders: Builders, model, stop_flag):
+    """The detect mode's evaluator over cfg.eval_data (detection_eval.py)."""
+    num_frames, stride, crop_size = cfg.eval_clip
+    drop_remainder = isinstance(strategy, tf.distribute.TPUStrategy)
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = builders.dataset(cfg.eval_data, "detect_eval",
+                                   cfg.eval_batch_size or cfg.global_batch_size, num_frames,
+                                   stride, crop_size, ctx, num_classes=cfg.num_classes,
+                                   drop_remainder=drop_remainder)
+        return dataset.map(trainer_lib.drop_strings)
+
+    classes = _detection_classes(cfg)
+    path = (os.path.join(cfg.model_dir, detection_eval.DETECTIONS_CSV)
+            if distribute.is_chief(strategy) else None)
+    return detection_eval.DetectionEvaluator(
+        strategy=strategy, dataset_fn=dataset_fn, model=model, class_ids=classes,
+        names=classes, detections_path=path, stop_flag=stop_flag)
 
 
 def _checkpoints(cfg: JobConfig, source: str):

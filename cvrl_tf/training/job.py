@@ -127,7 +127,7 @@ def _train_dataset_fn(cfg: JobConfig, builders: Builders,
     run.data_service_address, computed by the tf.data service's workers (data/service.py),
     which read in no fixed order (positions do not apply). Each (context, dataset) made is
     appended to `made`."""
-    pretrain = cfg.mode == "pretrain"
+    mode = {"pretrain": "pretrain", "detect": "detect"}.get(cfg.mode, "train")
     labels = cfg.num_classes if cfg.num_classes > 0 else None
     served = cfg.data_service_address
     if served:
@@ -139,9 +139,9 @@ def _train_dataset_fn(cfg: JobConfig, builders: Builders,
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         logging.info("Input pipeline %d of %d (%d replicas in sync).",
                      ctx.input_pipeline_id, ctx.num_input_pipelines, ctx.num_replicas_in_sync)
-        dataset = builders.dataset(cfg.train_data, "pretrain" if pretrain else "train",
-                                   cfg.global_batch_size, cfg.num_frames, cfg.stride,
-                                   cfg.crop_size, ctx, seed=None if served else cfg.seed,
+        dataset = builders.dataset(cfg.train_data, mode, cfg.global_batch_size,
+                                   cfg.num_frames, cfg.stride, cfg.crop_size, ctx,
+                                   seed=None if served else cfg.seed,
                                    num_classes=labels,
                                    start_positions=None if served else start_positions)
         if served:  # The whole pipeline, batching included, runs on the service's workers.
@@ -177,6 +177,10 @@ def _step_and_metrics(cfg: JobConfig, parts: _Parts) -> tuple:
         metric_names = steps.PRETRAIN_METRICS + (
             steps.PROBE_METRICS if parts.model.probe is not None else ())
         return replica_step, metric_names, 2 * cfg.global_batch_size, "pretrain"
+    if cfg.mode == "detect":
+        replica_step = steps.make_detection_step(parts.model, parts.optimizer,
+                                                 parts.loss_weight_decay)
+        return replica_step, steps.DETECTION_METRICS, cfg.global_batch_size, "detect"
     replica_step = steps.make_classifier_step(parts.model, parts.optimizer,
                                               parts.loss_weight_decay, cfg.label_smoothing)
     return replica_step, steps.CLASSIFIER_METRICS, cfg.global_batch_size, "classifier"

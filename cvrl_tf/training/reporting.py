@@ -16,7 +16,7 @@ KEY_METRICS = {
     "pretrain": (("loss", "loss", "#.3g"), ("contrastive_accuracy", "contrastive acc", ".2f"),
                  ("probe_accuracy", "probe acc", ".2f")),
     "classifier": (("loss", "loss", "#.3g"), ("accuracy", "acc", ".2f")),
-    "detect": (("loss", "loss", "#.3g"), ("positive_recall", "positive recall", ".2f")),
+    "detect": (("loss", "loss", "#.3g"), ("box_accuracy", "box acc", ".2f")),
 }
 # An evaluation's line: (metric key, label, format), in this order when present.
 EVAL_METRICS = (("top1", "top-1", ".3f"), ("top5", "top-5", ".3f"),
