@@ -201,8 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--verbose", action="store_true",
                         help="every metric of every loop, and Python's log lines")
     args = parser.parse_args(argv)
-    if not args.verbose:
-        console.quiet_logging()
+    console.setup_logging(args.verbose)
     results = run_demo(args.output_dir, args.pretrain_dir, args.seed, args.gin_param,
                        start=_START, verbose=args.verbose)
     print(f"Results written to {os.path.abspath(args.output_dir)}", flush=True)

@@ -226,6 +226,18 @@ def test_default_id_label_and_grayscale_and_short_video(tmp_path):
     assert kept == ["plain.tfrecord:0"]
 
 
+@pytest.mark.parametrize("mode", ["pretrain", "train", "eval"])
+def test_short_videos_error_stops_at_the_first_short_video_in_every_mode(tmp_path, mode):
+    """Training modes skip other bad records, but 'error' refuses a short video, naming it."""
+    path = _write(tmp_path / "short.tfrecord", [
+        schema.make_sequence_example(_jpegs(), 1, "long"),
+        schema.make_sequence_example(_jpegs(num=3), 2, "short")])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="bad record short: it has 3 frames, fewer than one clip spans"):
+        list(build_dataset(path, mode, 1, T, STRIDE, CROP, short_videos="error", repeat=False,
+                           shuffle_buffer=1, seed=0))
+
+
 BAD_RECORDS = {
     "no-frames": ("has no image/encoded frames", lambda: schema.make_sequence_example([], 1, "x")),
     "not-jpeg": ("frame 1 is not a JPEG", lambda: schema.make_sequence_example(

@@ -255,6 +255,8 @@ def _clips(ds: tf.data.Dataset, s: _Settings, seed: int) -> tf.data.Dataset:
                              reason=checks.explain(checks.CORRUPT_JPEG)), blank())
 
     ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=s.deterministic)
+    if s.short_videos == "error":  # The first short video stops the run, in every mode.
+        ds = ds.map(lambda e: checks.refuse(e, only=checks.TOO_SHORT))
     if s.skip:
         ds = ds.apply(checks.attempt(process, undecodable, s.deterministic))
         ds = checks.count_and_drop(ds, s.pipe_id)
