@@ -99,10 +99,17 @@ def recipe_of(experiment: str, mode: str) -> Recipe:
     return recipe
 
 
+def epoch_and_warmup(recipe: Recipe) -> tuple:
+    """(videos in an epoch, the recipe's warmup in steps): an epoch small enough that the
+    warmup takes one step (epochs round up to whole steps)."""
+    examples = max(1, int(BATCH // recipe.warmup_epochs)) if recipe.warmup_epochs else BATCH
+    return examples, math.ceil(recipe.warmup_epochs * examples / BATCH)
+
+
 def shrunk(experiment: str, data: str, warm_start: str, recipe: Recipe) -> list:
     """Gin bindings that shrink an experiment's sizes (and its length to STEPS) and keep the
     rest; its warmup becomes one step (run.num_train_examples)."""
-    examples = int(BATCH // recipe.warmup_epochs) if recipe.warmup_epochs else BATCH
+    examples, _ = epoch_and_warmup(recipe)
     values = {"TRAIN_DATA": repr(data), "EVAL_DATA": "''", "NUM_CLASSES": 6,
               "PRETRAIN_DIR": repr(warm_start), "run.train_length": STEPS,
               "run.num_train_examples": examples, "run.global_batch_size": BATCH,
@@ -305,7 +312,7 @@ def test_learning_rate_is_the_recipes_warmup_cosine_at_the_scaled_rate(runs, exp
     run = runs.get(experiment)
     recipe = run.recipe
     peak = recipe.rate * BATCH if recipe.scaling == "linear" else recipe.rate
-    warmup = 1 if recipe.warmup_epochs else 0
+    _, warmup = epoch_and_warmup(recipe)
     want = [expected_learning_rate(peak, warmup, STEPS, step) for step in range(STEPS)]
     np.testing.assert_allclose(run.scalars("learning_rate"), want, rtol=1e-5, atol=1e-12,
                                err_msg=f"{experiment}: peak {peak}, warmup {warmup} step(s)")
