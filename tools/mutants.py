@@ -2,33 +2,38 @@
 
 Each mutation replaces one exact piece of text (it must occur exactly once) in a scratch copy of
 the repository (the files `git ls-files` lists, plus untracked files that are not ignored), runs
-pytest on the tests named for it, and counts as caught when they fail. First the named tests
-run once on the unmutated copy: a mutation can only be caught by tests that pass without it.
-Not part of `make test` (it takes minutes); docs/DESIGN.md says when to run it.
+pytest on the tests named for it, and counts as caught only when one of them fails on an
+assertion (tools/mutants_plugin.py tells that apart from a collection, set-up or other error,
+which is reported as 'error'); the output names the tests that caught it. The tests `make test`
+runs go first; a mutation caught only by tests marked scenario (`make test-scenarios`) is
+reported 'scenarios', and the closing summary says for each claim (a mutation's `breaks`)
+whether `make test` alone catches it. First the named tests run once on the unmutated copy: a
+mutation can only be caught by tests that pass without it. Not part of `make test` (it takes
+minutes); docs/DESIGN.md says when to run it.
 
     python -m tools.mutants                  # every active mutation
     python -m tools.mutants --list           # names, files, tests, what each one breaks
     python -m tools.mutants --only NAME ...  # some of them
     python -m tools.mutants --pending        # also run the pending ones
 
-Exit status 0 when every mutation run is caught; 1 when one is missed, cannot be applied (its
-text no longer occurs exactly once: update MUTATIONS), times out, or its pytest run errs (a
-usage or collection error, e.g. a test id that no longer exists); 1 too when the named tests
-fail unmutated. Pending mutations name tests still to be written: reported, not run.
+Exit status 0 when every mutation run is caught (by `make test` or by scenarios only); 1 when
+one is missed, cannot be applied (its text no longer occurs exactly once: update MUTATIONS),
+times out, or errs (no test failed on an assertion, but one failed otherwise, or pytest could
+not run them, e.g. a test id that no longer exists); 1 too when the named tests fail unmutated.
+Pending mutations name tests still to be written: reported, not run.
 """
 import argparse
 import dataclasses
-import os
 import pathlib
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from typing import Optional, Sequence, Tuple
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tools import mutants_run
+# Re-exported: the catalogue's mechanics (tests/test_mutants.py uses them).
+from tools.mutants_run import MutationError, Result, mutate, repository_files  # noqa: F401
+
+REPO = mutants_run.REPO
 
 PIPELINE = "cvrl_tf/data/pipeline.py"
 CLIPS = "cvrl_tf/data/clips.py"
@@ -63,6 +68,27 @@ CONTINUOUS = (f"{TRAIN_TESTS}::"
 PROBE_TOP1 = f"{TRAIN_TESTS}::test_pretrain_writes_checkpoints_config_results"
 BUILD_MODEL = ("tests/test_train_config.py::"
                "test_build_model_linear_heads_classify_the_l2_normalized_frozen_feature")
+
+RESUME_REPLICAS = ("tests/test_resume_replicas.py::"
+                   "test_two_replicas_stopped_mid_epoch_resume_every_replicas_stream")
+EVAL_PROBABILITIES = "tests/test_steps.py::test_multi_view_eval_averages_probabilities_not_logits"
+EVAL_VIEW_ORDER = ("tests/test_pipeline.py::"
+                   "test_eval_view_v_is_temporal_clip_v_div_spatial_at_crop_v_mod_spatial")
+BOOKS = "cvrl_tf/training/books.py"
+PRETRAIN_GIN = "gin/runs/pretrain.gin"
+FINETUNE_GIN = "gin/runs/finetune.gin"
+
+
+def recipe_test(test: str, experiment: str = "r3d50_k400_pretrain_200ep") -> str:
+    """A check of tests/test_recipes.py on one experiment's run (default: the paper's
+    pretraining recipe)."""
+    return f"tests/test_recipes.py::test_{test}[{experiment}]"
+
+
+RECIPE_LR = recipe_test("learning_rate_is_the_recipes_warmup_cosine_at_the_scaled_rate")
+RECIPE_LOSS = recipe_test("loss_is_the_recipes_at_its_temperature_and_precision")
+RECIPE_DECAY = recipe_test("weight_decay_term_is_the_recipes")
+RECIPE_MOMENTUM = recipe_test("optimizer_state_is_the_recipes_momentum")
 
 MULTIWORKER_RUN = "tests/test_multiworker.py::test_two_workers_pretrain_together"
 MULTIWORKER_IDS = ("tests/test_multiworker.py::"
@@ -111,7 +137,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "VIEW_SOLARIZE_PROB = {1: 0.0, 2: 0.2}", "VIEW_SOLARIZE_PROB = {1: 0.0, 2: 0.1}",
              (VIEWS,), "view 2 is solarized with probability 0.2 (view 1 never)"),
     Mutation("train-mode-colour-by-default", PIPELINE,
-             'if mode == "train" and not color_augment:', 'if mode == "train" and color_augment:',
+             'if mode in ("train", "detect") and not color_augment:',
+             'if mode in ("train", "detect") and color_augment:',
              (TRAIN_CROP,), "train mode is crop + resize + flip only unless color_augment"),
     Mutation("train-mode-without-flip", PIPELINE,
              "_NO_COLOR = dict(color_jitter_prob=0.0,",
@@ -134,7 +161,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "a two-worker pretraining run's num_candidates is what info_nce gathered (2N)"),
     Mutation("resume-ignores-input-positions", JOB,
              "start_positions=None if served else start_positions)", "start_positions=None)",
-             ("tests/test_resume.py::test_preempted_then_killed_run_resumes_exactly",),
+             ("tests/test_resume.py::test_preempted_then_killed_run_resumes_exactly",
+              RESUME_REPLICAS),
              "a resumed run reads the videos the uninterrupted run would have read next"),
     Mutation("bad-records-refused-in-training", PIPELINE,
              "skip=training if skip_bad_records is None else skip_bad_records,",
@@ -174,8 +202,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "logits = _logits(model(clips, training=True))",
              (PROBE_TOP1,), "evaluation runs the model in inference mode (BN moving statistics)"),
     Mutation("training-data-without-input-context", JOB,
-             "cfg.crop_size, ctx, seed=None if served else cfg.seed,",
-             "cfg.crop_size, None, seed=None if served else cfg.seed,",
+             "cfg.num_frames, cfg.stride, cfg.crop_size, ctx,",
+             "cfg.num_frames, cfg.stride, cfg.crop_size, None,",
              (MULTIWORKER_IDS,),
              "each input pipeline reads its own shard at the per-replica batch"),
     Mutation("data-service-parallel-epochs", SERVICE,
@@ -197,84 +225,60 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "any(k in os.environ for k in MALLOC_ENVS)", "False",
              (f"{MALLOC_TESTS}::test_tune_process_keeps_the_users_malloc_settings",),
              "a user's own MALLOC_* setting keeps glibc's behaviour"),
+    Mutation("eval-averages-logits", STEPS,
+             "probs = tf.nn.softmax(logits, axis=-1)", "probs = logits",
+             (EVAL_PROBABILITIES,),
+             "10x3 evaluation averages the views' softmax probabilities, not their logits"),
+    Mutation("eval-views-transposed", CLIPS,
+             "tf.stack(views, axis=1)", "tf.stack(views, axis=0)", (EVAL_VIEW_ORDER,),
+             "eval view v is the (v // spatial)-th clip at the (v % spatial)-th crop"),
+    Mutation("input-state-one-replica", BOOKS,
+             'strategy.gather(outputs["input_position"], axis=0)',
+             'strategy.experimental_local_results(outputs["input_position"])[0]',
+             (RESUME_REPLICAS,),
+             "a checkpoint keeps every replica's stream position: two replicas resume exactly"),
+    Mutation("recipe-temperature-constant", JOB,
+             "parts.optimizer, cfg.temperature,", "parts.optimizer, 1.0,", (RECIPE_LOSS,),
+             "pretraining's InfoNCE uses the recipe's temperature"),
+    Mutation("recipe-temperature-default", CONFIG,
+             "temperature: float = 0.1", "temperature: float = 0.2", (RECIPE_LOSS,),
+             "the recipes' temperature is the paper's 0.1 (JobConfig's default)"),
+    Mutation("recipe-precision-ignored", JOB,
+             "_precision(cfg.mixed_precision)", "_precision(False)", (RECIPE_LOSS,),
+             "a recipe with run.mixed_precision computes in bfloat16"),
+    Mutation("recipe-warmup-dropped", JOB,
+             "WarmupCosine(lr, schedule.total, schedule.warmup)",
+             "WarmupCosine(lr, schedule.total, 0)", (RECIPE_LR,),
+             "the learning rate warms up linearly over the recipe's warmup"),
+    Mutation("recipe-warmup-dropped-in-gin", PRETRAIN_GIN,
+             "run.warmup = '5 epochs'\n", "", (RECIPE_LR,),
+             "pretraining warms up for 5 epochs (gin/runs/pretrain.gin)"),
+    Mutation("recipe-lr-not-scaled", JOB,
+             'if cfg.lr_scaling == "linear" else', "if False else", (RECIPE_LR,),
+             "the learning rate is base_lr x global batch / lr_reference_batch"),
+    Mutation("recipe-lr-reference-dropped-in-gin", FINETUNE_GIN,
+             "run.lr_reference_batch = 64\n", "",
+             (recipe_test("learning_rate_is_the_recipes_warmup_cosine_at_the_scaled_rate",
+                          "hmdb51_finetune"),),
+             "fine-tuning's rate is 0.05 per 64 videos (gin/runs/finetune.gin)"),
+    Mutation("recipe-momentum-constant", JOB,
+             "momentum=cfg.momentum,", "momentum=0.5,", (RECIPE_MOMENTUM,),
+             "SGD runs with the recipe's momentum"),
+    Mutation("recipe-momentum-default", CONFIG,
+             "momentum: float = 0.9", "momentum: float = 0.0", (RECIPE_MOMENTUM,),
+             "the recipes' momentum is the paper's 0.9 (JobConfig's default)"),
+    Mutation("recipe-weight-decay-dropped", JOB,
+             "split_weight_decay(cfg.optimizer, cfg.weight_decay)",
+             "split_weight_decay(cfg.optimizer, 0.0)", (RECIPE_DECAY,),
+             "the run adds the recipe's weight decay (0.5 x wd x squared kernels)"),
+    Mutation("recipe-weight-decay-dropped-in-gin", PRETRAIN_GIN,
+             "run.weight_decay = 5e-7\n", "", (RECIPE_DECAY,),
+             "pretraining's weight decay is 5e-7 (gin/runs/pretrain.gin)"),
+    Mutation("recipe-sync-bn-dropped-in-gin", PRETRAIN_GIN,
+             "build_backbone.sync_bn = True\n", "",
+             (recipe_test("sync_bn_is_the_recipes"),),
+             "pretraining synchronizes BN across replicas (gin/runs/pretrain.gin)"),
 )
-
-
-class MutationError(ValueError):
-    """A mutation whose search text does not occur exactly once."""
-
-
-def mutate(text: str, mutation: Mutation) -> str:
-    """text with the mutation applied; MutationError unless its search text occurs once."""
-    count = text.count(mutation.search)
-    if count != 1:
-        raise MutationError(f"{mutation.path}: the search text {mutation.search!r} occurs "
-                            f"{count} times (needs exactly 1); update tools/mutants.py.")
-    return text.replace(mutation.search, mutation.replace)
-
-
-def repository_files(repo: pathlib.Path) -> list:
-    """Tracked files and untracked, not ignored ones (what a commit of the tree would hold)."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=repo, check=True, capture_output=True).stdout
-    names = sorted({n for n in out.decode().split("\0") if n})
-    return [n for n in names if (repo / n).is_file()]  # Deleted, not yet committed: skip.
-
-
-def copy_repository(repo: pathlib.Path, dest: pathlib.Path) -> None:
-    for name in repository_files(repo):
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo / name, target, follow_symlinks=False)
-
-
-def _environment(copy: pathlib.Path) -> dict:
-    # COLUMNS: pytest's short summary keeps the failure message on a wide "terminal".
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", COLUMNS="250")
-    env["PYTHONPATH"] = os.pathsep.join([str(copy)] + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
-
-
-def check_imports_copy(copy: pathlib.Path) -> None:
-    """Refuses to run when `cvrl_tf` would be imported from anywhere but the copy."""
-    code = "import os, cvrl_tf; print(os.path.realpath(cvrl_tf.__file__))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=copy, env=_environment(copy),
-                         check=True, capture_output=True, text=True).stdout.strip()
-    if not out.startswith(str(copy.resolve())):
-        raise SystemExit(f"tools.mutants: the scratch copy imports cvrl_tf from {out}, not "
-                         f"from the copy; a mutation there would test nothing.")
-
-
-def run_pytest(copy: pathlib.Path, tests: Sequence[str], timeout: float) -> tuple:
-    """(pytest exit code or None on timeout, output, seconds) for the tests in the copy."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-rfE", "-p", "no:cacheprovider", *tests]
-    start = time.time()
-    proc = subprocess.Popen(cmd, cwd=copy, env=_environment(copy), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # pytest and the workers it started, only.
-        out, _ = proc.communicate()
-        code = None
-    return code, out, time.time() - start
-
-
-def _status(code: Optional[int]) -> str:
-    """pytest's exit code as a verdict: 1 (tests failed) is the only 'caught'."""
-    return {None: "timeout", 0: "missed", 1: "caught"}.get(code, "error")
-
-
-def _failures(output: str) -> str:
-    """pytest's short summary lines of the failed tests (what caught the mutation)."""
-    lines = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    return "\n".join("    | " + line[:240] for line in lines)
-
-
-def _tail(output: str, lines: int = 25) -> str:
-    return "\n".join("    | " + line for line in output.rstrip().splitlines()[-lines:])
 
 
 def select(names: Optional[Sequence[str]]) -> list:
@@ -288,10 +292,40 @@ def select(names: Optional[Sequence[str]]) -> list:
 
 
 def print_list(mutations: Sequence[Mutation]) -> None:
+    """Each mutation: state, claim, replacement, tests."""
     for m in mutations:
         state = f"pending: {m.pending}" if m.pending else "active"
         print(f"{m.name}  [{state}]\n  breaks: {m.breaks}\n  in {m.path}: "
               f"{m.search!r} -> {m.replace!r}\n  tests: {' '.join(m.tests)}")
+
+
+# Whether `make test` alone catches a mutation, by its status.
+MAKE_TEST = {"caught": "yes", "scenarios": "NO (scenarios only)", "missed": "NO (missed)",
+             "error": "unknown (error)", "timeout": "unknown (timeout)",
+             "unapplicable": "unknown (not applied)", "pending": "unknown (pending)"}
+
+
+def print_results(results: Sequence[Result]) -> None:
+    """Each mutation with its verdict and catching tests (or why not), the counts, and for
+    each claim whether `make test` alone catches it."""
+    order = {m.name: i for i, m in enumerate(MUTATIONS)}
+    results = sorted(results, key=lambda r: order[r.mutation.name])
+    print("\nmutation                               result        time")
+    for r in results:
+        print(f"{r.mutation.name:38s} {r.status:12s} {r.seconds:5.0f}s")
+        if r.caught_by:
+            scenarios = " (scenarios only: `make test` does not catch it)"
+            print(f"    caught by{scenarios if r.status == 'scenarios' else ''}: "
+                  + " ".join(r.caught_by))
+        if r.detail:
+            print(r.detail if r.detail.startswith("    |") else f"    {r.detail}")
+    counts = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print("\nDoes `make test` alone catch it? (each claim: what its mutation breaks)")
+    for r in results:
+        print(f"  {MAKE_TEST[r.status]:22s} {r.mutation.breaks}  [{r.mutation.name}]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -310,64 +344,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print_list(mutations)
         return 0
 
-    results = []  # (mutation, status, seconds, detail)
     with tempfile.TemporaryDirectory(prefix="cvrl_tf-mutants-") as tmp:
         copy = pathlib.Path(tmp) / "repo"
-        copy_repository(REPO, copy)
-        check_imports_copy(copy)
-        to_run = []
-        for m in mutations:
-            original = (copy / m.path).read_text()
-            try:
-                mutate(original, m)
-            except MutationError as e:
-                if m.pending and not args.pending:
-                    results.append((m, "pending", 0.0, f"{m.pending} (and: {e})"))
-                else:
-                    results.append((m, "unapplicable", 0.0, str(e)))
-                continue
-            if m.pending and not args.pending:
-                results.append((m, "pending", 0.0, m.pending))
-            else:
-                to_run.append(m)
-
-        if to_run and not args.no_baseline:
-            tests = list(dict.fromkeys(t for m in to_run for t in m.tests))
-            print(f"baseline: {len(tests)} test targets, unmutated ...", flush=True)
-            code, out, seconds = run_pytest(copy, tests, args.timeout)
-            print(f"baseline: {'passed' if code == 0 else 'FAILED'} in {seconds:.0f}s",
-                  flush=True)
-            if code != 0:
-                print(_tail(out, 40))
-                print("tools.mutants: the named tests fail without any mutation; fix them "
-                      "first (a mutation cannot be caught by a test that already fails).")
-                return 1
-
+        mutants_run.copy_repository(REPO, copy)
+        mutants_run.check_imports_copy(copy)
+        to_run, results = mutants_run.prepare(copy, mutations, args.pending)
+        if to_run and not args.no_baseline and not mutants_run.baseline_passes(
+                copy, to_run, args.timeout):
+            return 1
         for m in to_run:
-            path = copy / m.path
-            original = path.read_text()
-            path.write_text(mutate(original, m))
-            try:
-                code, out, seconds = run_pytest(copy, m.tests, args.timeout)
-            finally:
-                path.write_text(original)
-            status = _status(code)
-            detail = _failures(out) if status == "caught" else _tail(out)
-            results.append((m, status, seconds, detail))
-            print(f"{status:12s} {m.name:38s} {seconds:6.0f}s", flush=True)
-
-    print("\nmutation                               result        time  tests")
-    order = {m.name: i for i, m in enumerate(MUTATIONS)}
-    for m, status, seconds, detail in sorted(results, key=lambda r: order[r[0].name]):
-        print(f"{m.name:38s} {status:12s} {seconds:5.0f}s  {' '.join(m.tests)}")
-        if detail:
-            print(detail if detail.startswith("    |") else f"    {detail}")
-    counts = {}
-    for _, status, _, _ in results:
-        counts[status] = counts.get(status, 0) + 1
-    print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    failed = [r for r in results if r[1] not in ("caught", "pending")]
-    return 1 if failed else 0
+            result = mutants_run.run_mutation(copy, m, args.timeout)
+            results.append(result)
+            print(f"{result.status:12s} {m.name:38s} {result.seconds:6.0f}s "
+                  f"{' '.join(result.caught_by)}", flush=True)
+    print_results(results)
+    return 1 if any(r.status not in ("caught", "scenarios", "pending") for r in results) else 0
 
 
 if __name__ == "__main__":
