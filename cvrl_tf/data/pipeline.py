@@ -27,7 +27,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from cvrl_tf.data import checks, device_augment, schema, source, spatial, temporal
+from cvrl_tf.data import checks, device_augment, schema, source, spatial, subset, temporal
 
 MODES = ("pretrain", "train", "eval")
 AUGMENT_ON = ("host", "device")
@@ -71,6 +71,7 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                   aspect_ratio_range: Sequence[float] = (0.5, 2.0),
                   tfds_data_dir: Optional[str] = None, augment_on: Optional[str] = None,
                   start_positions: Optional[np.ndarray] = None,
+                  subset_ids: Optional[Sequence[str]] = None,
                   **augment_kwargs) -> tf.data.Dataset:
     """The input pipeline: batches of {'video', 'label', 'id', ...} for one input pipeline.
 
@@ -97,6 +98,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     int32 [source.POSITION_SIZE] (where the stream stood), 'skipped' int32 [len(CAUSES)] and
     'last_bad' int32 [len(CAUSES), 3] (checks.py). `start_positions`: positions a previous run
     stored (any number of rows); the stream continues after the newest of this pipeline's.
+    subset_ids: read only these videos (ids as `subset.read_ids` gives them; TFRecord files
+    only): a filter in the record stream (source.records' `keep`), before the shuffle windows.
     skip_bad_records: None skips in training modes and refuses in 'eval'. Skipping catches a
     failing parse or JPEG decode per record, which costs about 0.5 ms of host CPU per record
     (a one-record dataset each time, measured on the demo's videos): about 2% of a Kinetics-size
@@ -133,16 +136,22 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
 
     # Records, in an order a run can resume (source.py), or TFDS examples (fresh order only).
     if isinstance(file_pattern, str) and file_pattern.startswith("tfds:"):
+        if subset_ids is not None:
+            raise ValueError(f"A subset of videos (subset_ids) needs TFRecord files, not the "
+                             f"TFDS pattern {file_pattern!r}.")
         seed, ds = _tfds_stream(file_pattern, input_context, tfds_data_dir, seed, training,
                                 shuffle_buffer, repeat, start_positions, pipe_id, num_pipes)
     else:
         files, record_shard = source.shard_files(resolve_files(file_pattern), num_pipes,
                                                  pipe_id)
         seed, start = _start_of(start_positions, seed, pipe_id, num_pipes, len(files), window)
+        basenames = [os.path.basename(f) for f in files]
+        keep = None if subset_ids is None else subset.keep_ids(subset_ids, basenames)
         ds = source.records(files, source.file_sizes(files), pipeline=pipe_id,
                             num_pipelines=num_pipes, record_shard=record_shard, seed=seed,
-                            window=window, shuffle=training, repeat=repeat, start=start)
-        names = tf.constant([os.path.basename(f) for f in files])
+                            window=window, shuffle=training, repeat=repeat, start=start,
+                            keep=keep)
+        names = tf.constant(basenames)
         parse = functools.partial(_parse, names=names)
         ds = ds.apply(checks.attempt(parse, _unparseable, deterministic) if skip
                       else lambda d: d.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
@@ -235,8 +244,7 @@ def _element(element: dict, clips: dict) -> dict:
 def _parse(element: dict, names: tf.Tensor) -> dict:
     """A record of source.records as a parsed example (a shard marker: empty, with its
     status); default id '<file basename>:<record index>'."""
-    default_id = tf.strings.join([names[element["file"]],
-                                  tf.strings.as_string(element["record"])], ":")
+    default_id = schema.default_id(names, element["file"], element["record"])
 
     def parsed():
         example = schema.parse_sequence_example(element["serialized"], default_id)

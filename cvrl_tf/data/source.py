@@ -11,13 +11,18 @@ its place in the shuffled window. A run keeps the position of the last record it
 reopens the stream there, rereading at most one group of files, and yields the same records
 in the same order with the same raw indices (the augmentation seeds) as the run that stopped.
 
+A `keep` predicate (a labelled subset: cvrl_tf/data/subset.py) drops records as each file is
+read, before the groups are interleaved and windowed: the windows shuffle kept records only,
+positions and raw indices count kept records, and because the predicate is a pure function of
+the record, the stream stays a pure function of (seed, pipeline, epoch) and resumes exactly.
+
 Files that break are reported, not fatal: a file that vanished or was cut short (a
 truncated TFRecord ends early without an error in TensorFlow) yields the records before the
 cut and then one *marker* element whose `problem` is set, named by file in the log.
 """
 import concurrent.futures
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -89,7 +94,8 @@ def latest(positions: np.ndarray, pipeline: int, num_pipelines: int, num_files: 
 def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
             num_pipelines: int = 1, record_shard: Optional[tuple[int, int]] = None,
             seed: int = 0, window: int = 1, shuffle: bool = True, repeat: bool = True,
-            start: Optional[np.ndarray] = None) -> tf.data.Dataset:
+            start: Optional[np.ndarray] = None,
+            keep: Optional[Callable[[dict], tf.Tensor]] = None) -> tf.data.Dataset:
     """The stream of one input pipeline: dicts with 'serialized', 'file' (index into files),
     'record' (index in the file), 'q' (epoch * 2**32 + raw index in the epoch: unique in the
     run, the augmentation seed), 'position' (int32 [POSITION_SIZE]), 'marker' and 'problem'
@@ -97,6 +103,10 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
 
     `start`: the position of the last record a previous run consumed; the stream continues
     right after it (its layout must match this stream's, see `matches`).
+    `keep`: a deterministic predicate on {'serialized', 'file', 'record'} (bool scalar); records
+    it rejects, or on which it raises (e.g. bytes that do not parse), are left out of the stream
+    as if absent from the file (markers of broken files always pass). Every epoch still reads
+    every record of the pipeline's files: a small subset saves decoding, not reading.
     """
     n = len(files)
     if n < 1:
@@ -151,6 +161,9 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
             shards, index = record_shard
             ds = ds.filter(lambda x: tf.equal(
                 tf.where(x["marker"], x["file"], x["record"]) % shards, index))
+        if keep is not None:  # A record the predicate cannot judge is not in the subset.
+            ds = ds.filter(lambda x: tf.cond(x["marker"], lambda: tf.constant(True),
+                                             lambda: keep(x))).ignore_errors()
         return ds.filter(lambda x: tf.logical_or(tf.logical_not(x["marker"]), x["problem"]))
 
     def group_elements(epoch, group, order, offsets, first_slot):

@@ -139,6 +139,11 @@ def task_info(strategy: tf.distribute.Strategy) -> tuple[Optional[str], int]:
     return None, 0
 
 
+def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """The input pipelines `distribute_datasets_from_function` makes: one per worker."""
+    return getattr(strategy.extended, "_num_workers", 1) or 1
+
+
 def is_chief_task(task_type: Optional[str], task_id: int, cluster: Mapping[str, Any]) -> bool:
     """The chief owns model_dir: task 'chief', else worker 0 when the cluster has no chief."""
     if task_type is None or task_type == "chief":

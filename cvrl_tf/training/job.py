@@ -24,6 +24,7 @@ from cvrl_tf.training import checkpoints
 from cvrl_tf.training import config
 from cvrl_tf.training import distribute
 from cvrl_tf.training import evaluation
+from cvrl_tf.training import label_subset
 from cvrl_tf import optimizers
 from cvrl_tf.training import preemption
 from cvrl_tf import steps
@@ -116,7 +117,8 @@ def _determinism(cfg: JobConfig):
 
 
 def _train_dataset_fn(cfg: JobConfig, builders: Builders,
-                      start_positions: Optional[np.ndarray] = None) -> Callable:
+                      start_positions: Optional[np.ndarray] = None,
+                      subset_ids: Optional[list] = None) -> Callable:
     """The per-input-pipeline training dataset (sharded by the strategy's InputContext),
     continuing after `start_positions` (the input positions a restored checkpoint holds); with
     run.data_service_address, computed by the tf.data service's workers (data/service.py),
@@ -137,7 +139,8 @@ def _train_dataset_fn(cfg: JobConfig, builders: Builders,
                                    cfg.global_batch_size, cfg.num_frames, cfg.stride,
                                    cfg.crop_size, ctx, seed=None if served else cfg.seed,
                                    num_classes=labels,
-                                   start_positions=None if served else start_positions)
+                                   start_positions=None if served else start_positions,
+                                   subset_ids=subset_ids)
         if served:  # The whole pipeline, batching included, runs on the service's workers.
             dataset = data_service.distribute(dataset, served)
         return dataset.map(trainer_lib.drop_strings)
@@ -181,7 +184,7 @@ def _trainer(cfg: JobConfig, strategy: tf.distribute.Strategy, parts: _Parts,
         tf.io.gfile.makedirs(os.path.join(cfg.model_dir, "example_ids"))
         ids_path = os.path.join(cfg.model_dir, "example_ids",
                                 f"{task_type or 'worker'}-{task_id}.txt")
-    num_pipelines = getattr(strategy.extended, "_num_workers", 1) or 1
+    num_pipelines = distribute.num_input_pipelines(strategy)
     return trainer_lib.Trainer(
         strategy=strategy, dataset_fn=dataset_fn, replica_step=replica_step,
         global_step=parts.global_step, total_steps=schedule.total,
@@ -204,6 +207,7 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
     if cfg.mode == "evaluate":
         return evaluation.run_evaluate(cfg, strategy, builders, schedule.total)
     chief = distribute.is_chief(strategy)
+    subset_ids = label_subset.prepare(cfg, distribute.num_input_pipelines(strategy), chief)
     write_dir = distribute.write_dir(cfg.model_dir, strategy)
     jit = (isinstance(strategy, tf.distribute.TPUStrategy) if cfg.jit_compile is None
            else cfg.jit_compile)
@@ -228,7 +232,8 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
             positions = (parts.input_state.positions.numpy()
                          if origin.startswith("checkpoint:") else None)
             made = []  # The datasets the trainer's strategy made: one per input pipeline here.
-            dataset_fn = _recorded(_train_dataset_fn(cfg, builders, positions), made)
+            dataset_fn = _recorded(_train_dataset_fn(cfg, builders, positions, subset_ids),
+                                   made)
             stop_flag = tf.Variable(False, trainable=False, name="preemption_notice")
             train = _trainer(cfg, strategy, parts, dataset_fn, schedule, jit, stop_flag)
             evaluator = None
@@ -283,6 +288,8 @@ def run_job(cfg: JobConfig, *, strategy: tf.distribute.Strategy, builders: Build
             "input": parts.input_state.summary(), "weights_sha256": digest,
             "wall_time_sec": time.time() - start,
         }
+        if subset_ids is not None:
+            results["train_subset"] = label_subset.summary(cfg, subset_ids)
         if chief:
             summaries.write_results(cfg.model_dir, results)
         if preempted:
