@@ -98,6 +98,19 @@ def test_the_command_writes_a_balanced_subset_and_prints_the_counts(data_dir, tm
     assert subset.main(args + ["--seed", "1"]) == 0 and subset.read_ids(output) != first
 
 
+def test_the_command_copies_the_subsets_records_for_long_runs(data_dir, tmp_path, capsys):
+    copy_dir = str(tmp_path / "copy")
+    assert subset.main(["--input", os.path.join(data_dir, "train-*"), "--fraction", "0.25",
+                        "--output", str(tmp_path / "s.txt"), "--copy_to", copy_dir]) == 0
+    assert f"their records copied to 1 shards in {copy_dir}" in capsys.readouterr().out
+    ids = subset.read_ids(str(tmp_path / "s.txt"))
+    copied, _ = subset.read_videos(os.path.join(copy_dir, "train-*"))
+    assert sorted(v.id for v in copied) == sorted(ids) and len(ids) == 6
+    assert schema.read_example_count(os.path.join(copy_dir, "train-*")) == 6
+    assert schema.read_label_map(schema.label_map_path(copy_dir)) == list(
+        synthetic.CLASS_NAMES)
+
+
 @pytest.mark.parametrize("fraction", ["0", "1.5", "-0.1"])
 def test_the_command_refuses_a_fraction_outside_0_1(data_dir, tmp_path, capsys, fraction):
     assert subset.main(["--input", os.path.join(data_dir, "train-*"), "--fraction", fraction,

@@ -8,10 +8,10 @@ check; one given a different subset stops, since its stream positions and epochs
 first subset.
 
 The check's cost: it reads each record's TFRecord header and its context, not the frames
-(cvrl_tf.data.subset.read_videos): two small reads per video, 16 files at a time, about
-one CPU-second per 10,000 videos here, i.e. minutes for Kinetics-400's 240,000 (about 2.5 TB
-as converted, of which it reads a few tens of MB) on a local disk. On a bucket each record
-costs a ranged read.
+(cvrl_tf.data.subset.read_videos): two small reads per video, 16 files at a time. Measured
+(docs/RESULTS.md, "Fewer labels"): about 0.23 ms of CPU per video from the page cache, so about
+a minute for Kinetics-400's 240,000 videos (about 2.5 TB as converted, of which it reads some
+tens of MB); from a disk or a bucket, two small reads (a seek) per video.
 """
 import json
 import os
