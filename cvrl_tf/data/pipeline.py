@@ -100,6 +100,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     stored (any number of rows); the stream continues after the newest of this pipeline's.
     subset_ids: read only these videos (ids as `subset.read_ids` gives them; TFRecord files
     only): a filter in the record stream (source.records' `keep`), before the shuffle windows.
+    A repeating stream whose files hold none of them would search forever (a run checks
+    first: cvrl_tf/training/label_subset.py).
     skip_bad_records: None skips in training modes and refuses in 'eval'. Skipping catches a
     failing parse or JPEG decode per record, which costs about 0.5 ms of host CPU per record
     (a one-record dataset each time, measured on the demo's videos): about 2% of a Kinetics-size

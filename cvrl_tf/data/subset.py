@@ -190,6 +190,8 @@ def _hash(ids: tf.Tensor) -> tf.Tensor:
 def keep_ids(ids: Sequence[str], file_names: Sequence[str]) -> Callable[[dict], tf.Tensor]:
     """source.records' `keep` predicate for a subset: the record's id (from its context; the
     default id from `file_names`, the basenames of the stream's files) is one of `ids`."""
+    if not ids:
+        raise ValueError("A subset filter needs at least one video id.")
     contains = membership(ids)
     names = tf.constant(list(file_names), tf.string)
 

@@ -51,7 +51,8 @@ def prepare(cfg: JobConfig, num_pipelines: int, chief: bool) -> Optional[list[st
     per_pipeline = check(ids, cfg.train_subset, cfg.train_data, num_pipelines)
     if chief:
         tf.io.gfile.makedirs(cfg.model_dir)
-        tf.io.gfile.copy(cfg.train_subset, copy, overwrite=True)
+        if cfg.train_subset != copy:
+            tf.io.gfile.copy(cfg.train_subset, copy, overwrite=True)
         with tf.io.gfile.GFile(os.path.join(cfg.model_dir, CHECKED_NAME), "w") as f:
             json.dump({"file": cfg.train_subset, "num_videos": len(ids),
                        "train_data": cfg.train_data, "num_input_pipelines": num_pipelines,
