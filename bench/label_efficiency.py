@@ -112,7 +112,7 @@ class Sweep(sweep_lib.Sweep):
                           "num_videos", self.num_train),
                       train_loss=float(finetune["train"]["loss"]),
                       train_accuracy=float(finetune["train"]["accuracy"]),
-                      wall_time_sec={**wall, "total": sum(wall.values())})
+                      wall_time_sec=wall)
         sweep_lib.write_json(self.result_path(run_name(fraction, condition), seed), result)
         return result
 
@@ -140,7 +140,9 @@ def summarize(results: Sequence[dict], sweep: Sweep) -> dict:
             gains[f] = [r["top1"] - scratch[r["seed"]] for r in conds["cvrl"]
                         if r["seed"] in scratch]
     num_classes = len(schema.read_label_map(schema.label_map_path(sweep.data_dir)))
-    wall = [r["wall_time_sec"]["total"] for r in results]
+    # Each cvrl run names its seed's pretraining time; the one pretraining counts once.
+    pretrain = {r["seed"]: r["wall_time_sec"]["pretrain"] for r in results
+                if "pretrain" in r["wall_time_sec"]}
     return {
         "fractions": sorted({r["fraction"] for r in results}),
         "labelled_videos": {f: next(iter(cs.values()))[0]["labelled_videos"]
@@ -154,7 +156,11 @@ def summarize(results: Sequence[dict], sweep: Sweep) -> dict:
         "chance_top1": 1.0 / num_classes,
         "steps": {"pretrain": sweep.steps["pretrain"], "finetune": sweep.steps["finetune"]},
         "steps_scale": sweep.settings["steps_scale"], "gin_params": sweep.settings["gin_params"],
-        "wall_time_sec": per("wall_time_sec"), "total_wall_time_sec": sum(wall),
+        "finetune_wall_time_sec": {f: {c: [r["wall_time_sec"]["finetune"] for r in rs]
+                                       for c, rs in cs.items()} for f, cs in table.items()},
+        "pretrain_wall_time_sec": {str(s): t for s, t in sorted(pretrain.items())},
+        "total_wall_time_sec": sum(pretrain.values()) + sum(
+            r["wall_time_sec"]["finetune"] for r in results),
         "commands": sorted({r["command"] for r in results}),
         "cpu": machine.cpu_model(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
         "figure": FIGURE,
@@ -222,8 +228,8 @@ def run_sweep(sweep: Sweep, fractions: Sequence[float], seeds: Sequence[int],
               f"{seed} (ETA of the rest: {left}) ==", flush=True)
         result = sweep.run(fraction, condition, seed)
         print(f"== {label(fraction)}, {condition}, seed {seed}: top-1 "
-              f"{100 * result['top1']:.1f}% in {sweep_lib.hms(result['wall_time_sec']['total'])}"
-              f" ==", flush=True)
+              f"{100 * result['top1']:.1f}%, fine-tuned in "
+              f"{sweep_lib.hms(result['wall_time_sec']['finetune'])} ==", flush=True)
     results = sweep.load_results()
     if not results:
         return {}

@@ -8,10 +8,9 @@ check; one given a different subset stops, since its stream positions and epochs
 first subset.
 
 The check's cost: it reads each record's TFRecord header and its context, not the frames
-(cvrl_tf.data.subset.read_videos): two small reads per video, 16 files at a time. Measured
-(docs/RESULTS.md, "Fewer labels"): about 0.23 ms of CPU per video from the page cache, so about
-a minute for Kinetics-400's 240,000 videos (about 2.5 TB as converted, of which it reads some
-tens of MB); from a disk or a bucket, two small reads (a seek) per video.
+(cvrl_tf.data.subset.read_videos): two small reads (a seek) per video, 16 files at a time,
+some tens of MB for Kinetics-400's 240,000 videos (about 2.5 TB as converted), and about a
+minute of CPU for them (measured per video in docs/RESULTS.md, "Fewer labels").
 """
 import json
 import os
