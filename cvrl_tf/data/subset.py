@@ -13,6 +13,12 @@ the data is never copied.
 Reading ids and labels touches only each record's TFRecord header and the context at the
 head of the record (`read_videos`): a few hundred bytes of a Kinetics video's ~10 MB.
 
+Bad records: one in the subset is skipped and counted like any other; records outside it are
+dropped before they are parsed, so they are neither read as good nor counted as bad (else a 1%
+run would count the whole data set's bad records against 1% of its reads and stop at
+max_bad_fraction). A record whose context does not parse has no id to match: no subset holds
+it (the command leaves it out and says so; training drops it uncounted).
+
 The filter saves decoding, not reading: an epoch of a fraction f reads 1/f epochs' worth of
 records (at 1 %, every record of the data for each 1 % of it). Fine for trying a fraction; a
 long run (SimCLR's 60 epochs of 1 % of Kinetics-400 would read its ~2.5 TB 60 times) should
