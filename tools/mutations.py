@@ -7,6 +7,9 @@ from typing import Tuple
 PIPELINE = "cvrl_tf/data/pipeline.py"
 DETECTION = "cvrl_tf/data/detection.py"
 SEEDS = "cvrl_tf/training/seeds.py"
+SOURCE = "cvrl_tf/data/source.py"
+SUBSET = "cvrl_tf/data/subset.py"
+SUBSET_TESTS = "tests/test_subset.py"
 CONTROLLER = "cvrl_tf/training/controller.py"
 LIFECYCLE = "tests/test_run_lifecycle.py"
 DETECTION_TESTS = "tests/test_detection_data.py"
@@ -137,7 +140,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
              (MULTIWORKER_RUN,),
              "a two-worker pretraining run's num_candidates is what info_nce gathered (2N)"),
     Mutation("resume-ignores-input-positions", JOB,
-             "start_positions=None if served else start_positions)", "start_positions=None)",
+             "start_positions=None if served else start_positions,", "start_positions=None,",
              ("tests/test_resume.py::test_preempted_then_killed_run_resumes_exactly",
               RESUME_REPLICAS),
              "a resumed run reads the videos the uninterrupted run would have read next"),
@@ -300,4 +303,21 @@ MUTATIONS: Tuple[Mutation, ...] = (
              '    notice.check("while building', '    (lambda *_: None)("while building',
              (f"{LIFECYCLE}::test_a_notice_while_building_or_restoring_stops_before_training",),
              "a stop notice while building or restoring ends the run before it trains"),
+    Mutation("subset-filter-ignored", SOURCE,
+             "    if keep is not None:  # A record the predicate",
+             "    if False:  # A record the predicate",
+             ("tests/test_source.py::"
+              "test_a_kept_subset_resumes_exactly_and_counts_only_kept_records",
+              f"{SUBSET_TESTS}::test_one_epoch_of_a_subset_is_its_videos_once"),
+             "run.train_subset trains on the subset's videos only"),
+    Mutation("subset-class-left-empty", SUBSET,
+             "keep = max(1, math.floor(fraction * len(ids) + 0.5))",
+             "keep = max(0, math.floor(fraction * len(ids) + 0.5))",
+             (f"{SUBSET_TESTS}::test_each_class_keeps_its_rounded_fraction_and_at_least_one",),
+             "a subset keeps at least one video of every class"),
+    Mutation("subset-epochs-count-all-videos", CONFIG,
+             "    if cfg.train_subset:\n        count = len(subset_ids(cfg))",
+             "    if False:\n        count = len(subset_ids(cfg))",
+             (f"{SUBSET_TESTS}::test_epochs_count_the_subset_unless_num_train_examples_is_set",),
+             "epochs of a subset run count the subset's videos"),
 )
