@@ -10,7 +10,7 @@ from bench import label_efficiency, sweep
 from cvrl_tf import train
 from cvrl_tf.data import subset, synthetic
 
-pytestmark = pytest.mark.slow  # In-process training runs: one pretraining, four fine-tunings.
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]  # A sweep, as test_findings.py runs one.
 
 PARAMS = ["run.global_batch_size=4", "run.eval_batch_size=6", "run.min_video_frames=16",
           "run.image_summaries=False"]

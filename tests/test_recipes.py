@@ -35,9 +35,13 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from cvrl_tf import optimizers
 from cvrl_tf import train
+from cvrl_tf import steps
+from cvrl_tf.data import convert_ava
 from cvrl_tf.data import device_augment
+from cvrl_tf.data import subset
 from cvrl_tf.data import synthetic
-from cvrl_tf.losses import info_nce
+from cvrl_tf.data import synthetic_ava
+from cvrl_tf.losses import detection_loss, info_nce
 from cvrl_tf.training import config
 
 pytestmark = pytest.mark.slow
@@ -69,13 +73,22 @@ RECIPES = {
                        sync_bn=True),
     "linear_eval": Recipe("sgd", 32.0 / 1024, "linear", 5, 0.9, 0.0),
     "finetune": Recipe("sgd", 0.05 / 64, "linear", 2, 0.9, 1e-4, sync_bn=True),
+    # AVA: SlowFast's SLOW_8x8_R50_SHORT.yaml (gin/experiments/ava_r3d50_detect.gin's header).
+    "detect": Recipe("sgd", 0.1 / 64, "linear", 5, 0.9, 1e-7, sync_bn=True),
 }
-# Experiments that are not the paper's recipe: the demo's own settings (docs/DEMO.md; its
-# pretraining keeps runs/pretrain.gin's sync BN).
+# Experiments that are not one mode's recipe: the demos' own settings (docs/DEMO.md; the demo
+# pretraining keeps runs/pretrain.gin's sync BN), semi-supervised fine-tuning (SimCLR's
+# settings, gin/runs/semi_finetune.gin) and training from scratch (the Model Garden's K400).
+SEMI = Recipe("sgd", 0.05 / 256, "linear", 0, 0.9, 0.0, sync_bn=True)
 BY_NAME = {
     "demo_pretrain": Recipe("adam", 3e-3, "none", 0, None, 0.0, temperature=0.1,
                             sync_bn=True),
     "demo_linear_eval": Recipe("adam", 0.3, "none", 0, None, 0.0),
+    "demo_finetune": Recipe("adam", 1e-3, "none", 0, None, 0.0, sync_bn=False),
+    "demo_detect": Recipe("adam", 3e-3, "none", 0, None, 0.0),  # A frozen backbone.
+    "r3d50_k400_semi_1pct": SEMI,
+    "r3d50_k400_semi_10pct": SEMI,
+    "r3d50_k400_supervised": Recipe("sgd", 1.6 / 1024, "linear", 5, 0.9, 1e-4, sync_bn=True),
 }
 
 
@@ -106,25 +119,30 @@ def epoch_and_warmup(recipe: Recipe) -> tuple:
     return examples, math.ceil(recipe.warmup_epochs * examples / BATCH)
 
 
-def shrunk(experiment: str, data: str, warm_start: str, recipe: Recipe) -> list:
+def shrunk(experiment: str, data: dict, warm_start: str, recipe: Recipe,
+           detect: bool = False) -> list:
     """Gin bindings that shrink an experiment's sizes (and its length to STEPS) and keep the
-    rest; its warmup becomes one step (run.num_train_examples)."""
+    rest; its warmup becomes one step (run.num_train_examples). data: the data sets' globs
+    and the subset file (semi-supervised recipes)."""
     examples, _ = epoch_and_warmup(recipe)
-    values = {"TRAIN_DATA": repr(data), "EVAL_DATA": "''", "NUM_CLASSES": 6,
+    values = {"TRAIN_DATA": repr(data["detect" if detect else "train"]), "EVAL_DATA": "''",
+              "NUM_CLASSES": len(synthetic_ava.ACTIONS) if detect else 6,
+              "TRAIN_SUBSET": repr(data.get("subset", "")),
               "PRETRAIN_DIR": repr(warm_start), "run.train_length": STEPS,
               "run.num_train_examples": examples, "run.global_batch_size": BATCH,
               "run.steps_per_loop": 1, "run.checkpoint_every": 1, "run.num_frames": 4,
               "run.crop_size": 32, "run.min_video_frames": 16, "run.seed": 1,
               "run.image_summaries": False, "build_dataset.shuffle_buffer": 4,
-              # Fine-tuning's dropout: its random mask cannot be replayed outside the run.
-              "finetune_classifier.dropout_rate": 0.0}
+              # Dropout: its random mask cannot be replayed outside the run.
+              "finetune_classifier.dropout_rate": 0.0, "roi_head.dropout_rate": 0.0}
     return [f"{k} = {v}" for k, v in values.items()]
 
 
 def _setting(experiment: str, name: str, default=None):
     """A run setting an experiment binds (parsed with placeholder data), else default."""
     train.parse_gin([experiment], ["TRAIN_DATA = '/d/*'", "EVAL_DATA = ''", "NUM_CLASSES = 6",
-                                   "PRETRAIN_DIR = ''", "CHECKPOINT = ''"])
+                                   "PRETRAIN_DIR = ''", "CHECKPOINT = ''",
+                                   "TRAIN_SUBSET = ''"])
     try:
         return gin.query_parameter(name)
     except ValueError:
@@ -161,11 +179,27 @@ class Runs:
 
     def __init__(self, root):
         self.root = str(root)
-        self.data = synthetic.write_dataset(os.path.join(self.root, "data"), num_train=8,
-                                            num_eval=2, num_frames=16, size=32, num_shards=2,
-                                            seed=0)["train_pattern"]
+        train_pattern = synthetic.write_dataset(
+            os.path.join(self.root, "data"), num_train=8, num_eval=2, num_frames=16, size=32,
+            num_shards=2, seed=0)["train_pattern"]
+        subset_file = os.path.join(self.root, "subset.txt")
+        subset.make_subset(train_pattern, 1.0, 0, subset_file)  # Every video: the same stream.
+        self.data = {"train": train_pattern, "subset": subset_file}
         self.warm_start = os.path.join(self.root, "warm_start")
         self._runs = {}
+
+    def _detection_data(self) -> None:
+        """A tiny synthetic AVA set as detection records (made when a detect recipe runs)."""
+        if "detect" in self.data:
+            return
+        out = os.path.join(self.root, "ava")
+        info = synthetic_ava.write_dataset(out, num_train=3, num_val=1, seconds=5, fps=10)
+        convert_ava.convert_ava(info["videos"], os.path.join(info["annotations"], "train.csv"),
+                                info["label_map"], os.path.join(out, "records"), "train",
+                                settings=convert_ava.Settings(fps=10, short_side=None,
+                                                              window_frames=8),
+                                num_shards=1, progress=False)
+        self.data["detect"] = os.path.join(out, "records", "train-*")
 
     def get(self, experiment: str) -> Run:
         if _name(experiment) in CANNOT_RUN:
@@ -174,8 +208,10 @@ class Runs:
         recipe = recipe_of(experiment, mode)
         if mode != "pretrain" and not os.path.isdir(self.warm_start):
             self._pretrain_for_warm_start()
+        if mode == "detect":
+            self._detection_data()
         files = [experiment, "models/tiny.gin"]
-        params = shrunk(experiment, self.data, self.warm_start, recipe)
+        params = shrunk(experiment, self.data, self.warm_start, recipe, mode == "detect")
         train.parse_gin(files, params)
         key = (gin.config_str(), recipe)
         gin.clear_config()
@@ -222,18 +258,26 @@ def _batch(run: Run, index: int) -> dict:
     """The training batch of step index+1 as the replica step saw it: the run's input
     pipeline replayed from its seed, device-side augmentation applied."""
     cfg = run.cfg
-    mode = "pretrain" if cfg.mode == "pretrain" else "train"
-    dataset = run.builders.dataset(cfg.train_data, mode, cfg.global_batch_size, cfg.num_frames,
-                                   cfg.stride, cfg.crop_size, seed=cfg.seed,
-                                   num_classes=cfg.num_classes or None)
+    mode = {"pretrain": "pretrain", "detect": "detect"}.get(cfg.mode, "train")
+    dataset = run.builders.dataset(
+        cfg.train_data, mode, cfg.global_batch_size, cfg.num_frames, cfg.stride, cfg.crop_size,
+        seed=cfg.seed, num_classes=cfg.num_classes or None,
+        subset_ids=config.subset_ids(cfg) if cfg.train_subset else None)
     iterator = iter(dataset)
     for _ in range(index):
         next(iterator)
-    return device_augment.augment_batch(next(iterator))
+    batch = next(iterator)
+    if mode == "detect":
+        return steps.augment_detection_batch(batch)
+    return device_augment.augment_batch(batch)
 
 
 def _losses(run: Run, model, batch: dict) -> tuple:
     """(the loss the recipe's step minimizes but the probe's, the variables it trains)."""
+    if run.cfg.mode == "detect":
+        logits = model(batch["video"], batch["boxes"], training=True)["logits"]
+        loss = detection_loss(batch["labels"], logits, batch["box_mask"])[0]
+        return loss, list(model.trainable_variables)
     outputs = model(batch["video"], training=True)
     if run.cfg.mode == "pretrain":
         z1, z2 = tf.split(outputs["embedding"], 2)
@@ -320,10 +364,12 @@ def test_learning_rate_is_the_recipes_warmup_cosine_at_the_scaled_rate(runs, exp
 
 @pytest.mark.parametrize("experiment", ALL)
 def test_loss_is_the_recipes_at_its_temperature_and_precision(runs, experiment):
-    """Pretraining: InfoNCE at the recipe's temperature; classifiers: the cross-entropy; both
-    computed here in the recipe's precision (bfloat16 and float32 differ by about 1%)."""
+    """Pretraining: InfoNCE at the recipe's temperature; classifiers: the cross-entropy;
+    detection: the sigmoid cross-entropy over the valid boxes; all computed here in the
+    recipe's precision (bfloat16 and float32 differ by about 1%)."""
     run = runs.get(experiment)
-    metric = "contrastive_loss" if run.cfg.mode == "pretrain" else "classification_loss"
+    metric = {"pretrain": "contrastive_loss", "detect": "detection_loss"}.get(
+        run.cfg.mode, "classification_loss")
     np.testing.assert_allclose(run.scalars(metric)[2], replay(run)["loss"], rtol=1e-5,
                                err_msg=f"{experiment}: {metric} of step 3")
 
