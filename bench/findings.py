@@ -18,17 +18,15 @@ Each (condition, seed) writes OUTPUT_DIR/results/<condition>-seed<s>.json when i
 ends; a rerun skips those, reuses finished trainings (their results.json; a pretraining that
 trains again gets a new linear eval) and lets a half-finished one resume from its checkpoint.
 OUTPUT_DIR/sweep.json pins the settings: a rerun with other settings (or after the demo's gin
-files changed) stops instead of mixing.
-At the end, from every result in OUTPUT_DIR: DOCS_DIR/findings.json, findings_ablations.png
+files changed) stops instead of mixing (bench/sweep.py: the machinery bench.label_efficiency
+shares).
+At the end, from every result in OUTPUT_DIR: DOCS_DIR/findings.json (keeping the sections of
+the other commands: sweep.SECTIONS), findings_ablations.png
 (mean +- std over seeds, each seed a dot) and findings_embeddings.png (eval-set features of the
 random and the CVRL backbone of the first seed that has both, as `make demo` draws them).
 """
 import argparse
-import hashlib
-import inspect
-import json
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -36,14 +34,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
-import gin
-import keras
-
 from bench import machine
-from cvrl_tf.training import config
+from bench import sweep as sweep_lib
+from bench.sweep import DOCS_DIR, parse_seeds, scaled_bindings, write_json  # noqa: F401
 from cvrl_tf import demo
-from cvrl_tf.training import summaries
-from cvrl_tf import train
 from cvrl_tf.data import schema
 
 # Condition -> the pretraining's extra bindings; None: no pretraining (random backbone).
@@ -59,33 +53,6 @@ CONDITIONS = {
 LABELS = {"random_init": "random init", "decreasing": "decreasing\n(CVRL)",
           "uniform": "uniform", "increasing": "increasing", "zero": "zero",
           "per_frame": "per-frame\naugmentation"}
-DURATIONS = ("train_length", "warmup", "steps_per_loop", "checkpoint_every", "eval_every")
-DOCS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
-
-
-def write_json(path: str, value: dict) -> None:
-    """Writes value as indented JSON under a temporary name first: a killed run leaves none."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    text = json.dumps(value, indent=2)
-    # Lists of numbers or strings on one line: a condition's seeds read across.
-    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]",
-                  lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    os.replace(path + ".tmp", path)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'3' -> [0, 1, 2] (the first N seeds); '0,2' or '2,' -> those seeds."""
-    try:
-        if "," not in text:
-            return list(range(int(text)))
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds={text!r} is neither a count (3) nor a list (0,2).") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ValueError(f"--seeds={text!r} must name distinct seeds >= 0.")
-    return seeds
 
 
 def parse_conditions(text: str) -> list[str]:
@@ -98,98 +65,17 @@ def parse_conditions(text: str) -> list[str]:
     return [c for c in CONDITIONS if c in names]
 
 
-def scaled_bindings(gin_file: str, params: Sequence[str], scale: float) -> tuple[list, int]:
-    """(bindings that shorten every duration of gin_file by `scale`, its training steps).
-
-    The durations are read from the file itself (in steps, by config.schedule), so the sweep
-    follows whatever the demo ships; scale 1 binds nothing.
-    """
-    train.parse_gin([gin_file], params)
-    steps = config.schedule(train.job_config(model_dir=""))
-    if scale == 1:
-        return [], steps.total
-    total = max(1, round(steps.total * scale))
-    loop = min(steps.steps_per_loop, total)
-    values = {"train_length": total, "warmup": min(round(steps.warmup * scale), total),
-              "steps_per_loop": loop,
-              "checkpoint_every": _loops(steps.checkpoint_every * scale, loop),
-              "eval_every": _loops(steps.eval_every * scale, loop)}
-    return [f"run.{name}={values[name]}" for name in DURATIONS], total
-
-
-def _loops(steps: float, loop: int) -> int:
-    """0 stays 0 (at the end only); else a whole number of loops, at least one."""
-    return steps and loop * max(1, round(steps / loop))
-
-
 def _float(value) -> Optional[float]:
     return None if value is None else float(value)
 
 
-class Sweep:
-    """The sweep's directories, bindings and bookkeeping; `run(condition, seed)` does one."""
+class Sweep(sweep_lib.Sweep):
+    """The ablation sweep: `run(condition, seed)` pretrains and linear-evaluates one."""
 
     def __init__(self, output_dir: str, steps_scale: float = 1.0,
                  gin_params: Sequence[str] = (), command: str = ""):
-        if not steps_scale > 0:
-            raise ValueError(f"--steps_scale={steps_scale} must be > 0.")
-        self.output_dir = os.path.abspath(output_dir)
-        self.data_dir = os.path.join(self.output_dir, "data")
-        self.results_dir = os.path.join(self.output_dir, "results")
-        self.command = command
-        size = inspect.signature(demo.run_demo).parameters  # The demo's own data set size.
-        demo.ensure_data(self.data_dir, size["num_train"].default, size["num_eval"].default)
-        data = demo.data_bindings(self.data_dir)
-        self.params, self.steps, digest = {}, {}, hashlib.sha256()
-        for key, gin_file in (("pretrain", demo.PRETRAIN_GIN), ("linear", demo.LINEAR_GIN)):
-            scaled, self.steps[key] = scaled_bindings(gin_file, data + list(gin_params),
-                                                      steps_scale)
-            self.params[key] = data + scaled + list(gin_params)
-            train.parse_gin([gin_file], self.params[key])
-            digest.update(gin.config_str().replace(self.data_dir, "<data>").encode())
-        self.settings = {"steps_scale": steps_scale, "gin_params": list(gin_params),
-                         "steps": self.steps, "config_sha256": digest.hexdigest()}
-        self._pin_settings()
-
-    def _pin_settings(self) -> None:
-        """Writes sweep.json, or stops if the output dir holds a sweep with other settings."""
-        path = os.path.join(self.output_dir, "sweep.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                pinned = json.load(f)
-            if pinned != self.settings:
-                raise ValueError(
-                    f"{path} holds a sweep with other settings ({pinned}, now "
-                    f"{self.settings}; the demo's gin files or the flags changed); use another "
-                    f"--output_dir, or delete that one to start over.")
-            return
-        write_json(path, self.settings)
-
-    def model_dir(self, kind: str, condition: str, seed: int) -> str:
-        return os.path.join(self.output_dir, f"seed{seed}", f"{kind}_{condition}")
-
-    def result_path(self, condition: str, seed: int) -> str:
-        return os.path.join(self.results_dir, f"{condition}-seed{seed}.json")
-
-    def _train(self, kind: str, condition: str, seed: int, extra: Sequence[str],
-               reuse: bool = True) -> tuple[dict, bool]:
-        """One training run -> (its results, whether it trained now). Reused when its
-        results.json says it is complete (and `reuse`), resumed from its checkpoints when it
-        stopped half way, else trained from the start."""
-        model_dir = self.model_dir(kind, condition, seed)
-        previous = os.path.join(model_dir, summaries.RESULTS_JSON)
-        if not reuse and os.path.exists(model_dir):
-            shutil.rmtree(model_dir)
-        elif os.path.exists(previous):
-            with open(previous, encoding="utf-8") as f:
-                done = json.load(f)
-            if done.get("global_step") == done.get("total_steps") == self.steps[kind]:
-                print(f"  {kind}: finished before, reusing {model_dir}", flush=True)
-                return done, False
-        keras.utils.set_random_seed(seed)  # Model initialization (run.seed: the input).
-        gin_file = demo.PRETRAIN_GIN if kind == "pretrain" else demo.LINEAR_GIN
-        return train.run_with_gin([gin_file], self.params[kind] + [f"run.seed={seed}"] +
-                                  list(extra), model_dir=model_dir), True
+        super().__init__(output_dir, {"pretrain": demo.PRETRAIN_GIN, "linear": demo.LINEAR_GIN},
+                         steps_scale, gin_params, command)
 
     def run(self, condition: str, seed: int) -> dict:
         """Pretrains (unless random_init) and linear-evaluates; writes and returns the result."""
@@ -199,8 +85,8 @@ class Sweep:
                   "load_average": os.getloadavg()[0]}
         warm_start, wall, pretrained_now = "", {}, False
         if CONDITIONS[condition] is not None:
-            pretrain, pretrained_now = self._train("pretrain", condition, seed,
-                                                   CONDITIONS[condition])
+            pretrain, pretrained_now = self.train("pretrain", condition, seed,
+                                                  CONDITIONS[condition])
             warm_start = self.model_dir("pretrain", condition, seed)
             wall["pretrain"] = (time.time() - start if pretrained_now else
                                 pretrain["wall_time_sec"])  # Reused: its own time.
@@ -210,9 +96,9 @@ class Sweep:
                 "probe_top1": _float(pretrain["eval"].get("top1"))}
         t = time.time()
         # A new pretraining gets a new linear eval, never one of an earlier backbone.
-        linear, trained = self._train("linear", condition, seed,
-                                      [f"PRETRAIN_DIR = {warm_start!r}"],
-                                      reuse=not pretrained_now)
+        linear, trained = self.train("linear", condition, seed,
+                                     [f"PRETRAIN_DIR = {warm_start!r}"],
+                                     reuse=not pretrained_now)
         wall["linear_eval"] = time.time() - t if trained else linear["wall_time_sec"]
         result.update(top1=float(linear["eval"]["top1"]), top5=float(linear["eval"]["top5"]),
                       linear_steps=linear["global_step"],
@@ -220,15 +106,11 @@ class Sweep:
         write_json(self.result_path(condition, seed), result)
         return result
 
-    def load_results(self) -> dict:
+    def by_condition(self) -> dict:
         """Every finished (condition, seed) in the output dir: {condition: [result, ...]}."""
         found = {c: [] for c in CONDITIONS}
-        names = sorted(os.listdir(self.results_dir)) if os.path.isdir(self.results_dir) else []
-        for name in names:
-            if name.endswith(".json"):
-                with open(os.path.join(self.results_dir, name), encoding="utf-8") as f:
-                    result = json.load(f)
-                found[result["condition"]].append(result)
+        for result in self.load_results():
+            found[result["condition"]].append(result)
         return {c: sorted(rs, key=lambda r: r["seed"]) for c, rs in found.items() if rs}
 
     def write_embedding_map(self, results: dict, docs_dir: str) -> Optional[str]:
@@ -260,9 +142,7 @@ class Sweep:
 
 def summarize(results: dict, sweep: Sweep) -> dict:
     """The findings.json content: per-seed top-1 per condition, mean/std, times, machine."""
-    def std(values: list) -> float:
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
+    std = sweep_lib.std
     top1 = {c: [r["top1"] for r in rs] for c, rs in results.items()}
     wall = {c: [r["wall_time_sec"]["total"] for r in rs] for c, rs in results.items()}
     num_classes = len(schema.read_label_map(schema.label_map_path(sweep.data_dir)))
@@ -320,24 +200,12 @@ def plot_ablations(path: str, findings: dict) -> str:
     return path
 
 
-def _hms(seconds: float) -> str:
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m{int(seconds % 60):02d}s"
-
-
 def _eta(sweep: Sweep, left: Sequence[str]) -> str:
     """The time the conditions left will take, at the mean pretraining and linear-eval times
     of every finished run in the output dir."""
-    times = {"pretrain": [], "linear_eval": []}
-    for results in sweep.load_results().values():
-        for r in results:
-            for kind, values in times.items():
-                if kind in r["wall_time_sec"]:
-                    values.append(r["wall_time_sec"][kind])
     pretrainings = sum(CONDITIONS[c] is not None for c in left)
-    if not times["linear_eval"] or (pretrainings and not times["pretrain"]):
-        return "unknown until a run of each kind finishes"
-    return _hms(len(left) * statistics.fmean(times["linear_eval"]) +
-                pretrainings * statistics.fmean(times["pretrain"] or [0.0]))
+    return sweep_lib.eta(sweep.load_results(), {"linear_eval": len(left),
+                                                "pretrain": pretrainings})
 
 
 def run_sweep(sweep: Sweep, conditions: Sequence[str], seeds: Sequence[int],
@@ -353,8 +221,8 @@ def run_sweep(sweep: Sweep, conditions: Sequence[str], seeds: Sequence[int],
               f"{_eta(sweep, [c for c, _ in todo[i:]])}) ==", flush=True)
         result = sweep.run(condition, seed)
         print(f"== {condition}, seed {seed}: linear top-1 {100 * result['top1']:.1f}% in "
-              f"{_hms(result['wall_time_sec']['total'])} ==", flush=True)
-    results = sweep.load_results()
+              f"{sweep_lib.hms(result['wall_time_sec']['total'])} ==", flush=True)
+    results = sweep.by_condition()
     if not results:
         return {}
     os.makedirs(docs_dir, exist_ok=True)
@@ -364,7 +232,7 @@ def run_sweep(sweep: Sweep, conditions: Sequence[str], seeds: Sequence[int],
     embeddings = sweep.write_embedding_map(results, docs_dir)
     if embeddings:
         findings["figures"].append(os.path.basename(embeddings))
-    write_json(os.path.join(docs_dir, "findings.json"), findings)
+    sweep_lib.write_findings(docs_dir, findings)
     _print_table(findings)
     return findings
 
@@ -376,7 +244,8 @@ def _print_table(findings: dict) -> None:
         seeds = ", ".join(f"{100 * v:.1f}" for v in values)
         print(f"  {c:<12} {100 * findings['mean'][c]:5.1f} \u00b1 {100 * findings['std'][c]:4.1f}"
               f"  (seeds {findings['seeds'][c]}: {seeds})")
-    print(f"Total wall time of these runs: {_hms(findings['total_wall_time_sec'])}", flush=True)
+    print(f"Total wall time of these runs: {sweep_lib.hms(findings['total_wall_time_sec'])}",
+          flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

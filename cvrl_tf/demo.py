@@ -177,21 +177,30 @@ def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
         title=f"Eval-set features, centre clip ({'t-SNE' if method == 'tsne' else 'PCA'})")
 
 
-@cli.guard
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """CLI entry point; the last line printed names the output directory."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output_dir", default="runs/demo")
+def parser_for(doc: str, output_dir: str) -> argparse.ArgumentParser:
+    """The demos' command line: --output_dir, --gin_param (repeatable), --verbose."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--output_dir", default=output_dir)
     parser.add_argument("--gin_param", action="append", default=[],
                         help="extra gin binding for every run, e.g. run.train_length=100")
     parser.add_argument("--verbose", action="store_true",
                         help="every metric of every loop, and Python's log lines")
-    args = parser.parse_args(argv)
-    if not args.verbose:
-        console.quiet_logging()
-    results = run_demo(args.output_dir, args.gin_param, start=_START, verbose=args.verbose)
-    print(f"Results written to {os.path.abspath(args.output_dir)}", flush=True)
+    return parser
+
+
+def written(output_dir: str, results: dict) -> dict:
+    """The demos' last line, naming where their results are."""
+    print(f"Results written to {os.path.abspath(output_dir)}", flush=True)
     return results
+
+
+@cli.guard
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """CLI entry point; the last line printed names the output directory."""
+    args = parser_for(__doc__, "runs/demo").parse_args(argv)
+    console.setup_logging(args.verbose)
+    return written(args.output_dir, run_demo(args.output_dir, args.gin_param, start=_START,
+                                             verbose=args.verbose))
 
 
 if __name__ == "__main__":

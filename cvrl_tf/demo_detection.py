@@ -25,7 +25,6 @@ if __name__ == "__main__":  # A command: settle the process before TensorFlow st
     _cli.start()
 
 # pylint: disable=wrong-import-position
-import argparse
 import os
 import shutil
 from typing import Optional, Sequence
@@ -51,15 +50,17 @@ DETECT_COST = 1.0
 PICTURE_KEYFRAMES = 6
 
 
-def ensure_ava(ava_dir: str, seed: int = 0) -> str:
-    """The synthetic AVA set converted to records in ava_dir/records (kept if there)."""
+def ensure_ava(ava_dir: str, seed: int = 0, sizes: Optional[dict] = None) -> str:
+    """The synthetic AVA set (AVA_SET, or `sizes`) converted to records in ava_dir/records
+    (kept if there)."""
     records = os.path.join(ava_dir, "records")
     if schema.read_example_count(os.path.join(records, "eval-*")):
         print(f"Using the synthetic AVA records in {records}", flush=True)
         return records
     print(f"Writing the synthetic AVA set to {ava_dir} ...", flush=True)
-    info = synthetic_ava.write_dataset(ava_dir, seed=seed, **AVA_SET)
-    settings = convert_ava.Settings(fps=AVA_SET["fps"], short_side=None,
+    sizes = dict(AVA_SET, **(sizes or {}))
+    info = synthetic_ava.write_dataset(ava_dir, seed=seed, **sizes)
+    settings = convert_ava.Settings(fps=sizes["fps"], short_side=None,
                                     window_frames=WINDOW_FRAMES)
     notes = info["annotations"]
     for split, csv, extra in (
@@ -81,7 +82,7 @@ def _pretrained(pretrain_dir: str) -> bool:
 
 
 def _plan(output_dir: str, pretrain_dir: str, records: str, seed: Optional[int],
-          gin_params: Sequence[str]) -> tuple:
+          gin_params: Sequence[str], motion_videos: tuple = (600, 300)) -> tuple:
     """The runs (name, gin file, bindings, title) and their clock phases."""
     data = [f"TRAIN_DATA = {os.path.join(records, 'train-*.tfrecord')!r}",
             f"EVAL_DATA = {os.path.join(records, 'eval-*.tfrecord')!r}"]
@@ -89,7 +90,7 @@ def _plan(output_dir: str, pretrain_dir: str, records: str, seed: Optional[int],
     runs = []
     if pretrain_dir.startswith(output_dir):  # Our own pretraining: the demo's, on its data.
         demo_data = os.path.join(output_dir, "motion_data")
-        demo.ensure_data(demo_data, 600, 300)
+        demo.ensure_data(demo_data, *motion_videos)
         runs.append(("pretrain", demo.PRETRAIN_GIN, demo.data_bindings(demo_data) + seeds,
                      "CVRL pretraining on the motion set"))
     runs += [("detect_cvrl", DETECT_GIN, data + seeds + [f"PRETRAIN_DIR = {pretrain_dir!r}"],
@@ -106,18 +107,22 @@ def _plan(output_dir: str, pretrain_dir: str, records: str, seed: Optional[int],
 
 def run_demo(output_dir: str, pretrain_dir: str, seed: Optional[int] = None,
              gin_params: Sequence[str] = (), start: Optional[float] = None,
-             verbose: bool = False) -> dict:
-    """Runs the whole detection demo; returns (and writes) the results dict."""
+             verbose: bool = False, sizes: Optional[dict] = None) -> dict:
+    """Runs the whole detection demo; returns (and writes) the results dict. `sizes` shrinks
+    the data sets (tests): AVA_SET's keys, and 'motion_videos' (train, eval)."""
     start = time.monotonic() if start is None else start
     output_dir = os.path.abspath(output_dir)
-    records = ensure_ava(os.path.join(output_dir, "ava"))
+    sizes = dict(sizes or {})
+    motion_videos = sizes.pop("motion_videos", (600, 300))
+    records = ensure_ava(os.path.join(output_dir, "ava"), sizes=sizes)
     if not _pretrained(pretrain_dir):
         if pretrain_dir:
             print(f"No finished pretraining in {pretrain_dir}: pretraining here.", flush=True)
         pretrain_dir = os.path.join(output_dir, "pretrain")
     else:
         print(f"Using the CVRL pretraining in {pretrain_dir}", flush=True)
-    runs, phases = _plan(output_dir, os.path.abspath(pretrain_dir), records, seed, gin_params)
+    runs, phases = _plan(output_dir, os.path.abspath(pretrain_dir), records, seed, gin_params,
+                         motion_videos)
     clock = demo_clock.DemoClock(phases, start)
     outputs, times = {}, {"start_up_and_data": time.monotonic() - start}
     for name, gin_file, params, title in runs:
@@ -191,23 +196,15 @@ def draw_detections(path: str, records: str, model_dir: str,
 @cli.guard
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """CLI entry point; the last line printed names the output directory."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output_dir", default="runs/demo_detection")
+    parser = demo.parser_for(__doc__, "runs/demo_detection")
     parser.add_argument("--pretrain_dir", default="runs/demo/pretrain",
                         help="a finished `make demo` pretraining to reuse (else one is run)")
     parser.add_argument("--seed", type=int, default=None, help="run.seed of every run")
-    parser.add_argument("--gin_param", action="append", default=[],
-                        help="extra gin binding for every run, e.g. run.train_length=100")
-    parser.add_argument("--verbose", action="store_true",
-                        help="every metric of every loop, and Python's log lines")
     args = parser.parse_args(argv)
-    if not args.verbose:
-        console.quiet_logging()
-    results = run_demo(args.output_dir, args.pretrain_dir, args.seed, args.gin_param,
-                       start=_START, verbose=args.verbose)
-    print(f"Results written to {os.path.abspath(args.output_dir)}", flush=True)
-    return results
-
+    console.setup_logging(args.verbose)
+    return demo.written(args.output_dir, run_demo(
+        args.output_dir, args.pretrain_dir, args.seed, args.gin_param, start=_START,
+        verbose=args.verbose))
 
 if __name__ == "__main__":
     main()

@@ -197,8 +197,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.gin_file:
         raise app.UsageError("Pass --gin_file (e.g. gin/experiments/demo_pretrain.gin).")
-    if not FLAGS.verbose:
-        console.quiet_logging()
+    console.setup_logging(FLAGS.verbose)
     cfg, builders = job_from_gin(FLAGS.gin_file, FLAGS.gin_param, FLAGS.model_dir)
     start = time.time()
     strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu,

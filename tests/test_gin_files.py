@@ -99,3 +99,14 @@ def test_experiments_match_the_paper_recipe(tmp_path):
     cfg = _resolve("experiments/r3d50_k400_linear_eval.gin", tmp_path)
     assert (cfg.mode, cfg.base_lr, cfg.num_frames, cfg.weight_decay) == ("linear_eval", 32.0,
                                                                          32, 0.0)
+
+
+def test_semi_supervised_recipes_use_a_subset_and_the_baseline_starts_from_scratch(tmp_path):
+    for name, epochs in (("1pct", "60 epochs"), ("10pct", "30 epochs")):
+        cfg = _resolve(f"experiments/r3d50_k400_semi_{name}.gin", tmp_path)
+        assert cfg.mode == "finetune" and cfg.train_subset.endswith(f"subset_{name}_seed0.txt")
+        assert (cfg.train_length, cfg.warmup, cfg.weight_decay) == (epochs, 0, 0.0)
+    train.parse_gin(["experiments/r3d50_k400_supervised.gin"])
+    cfg = train.job_config(model_dir=str(tmp_path))
+    gin.clear_config()
+    assert (cfg.mode, cfg.warm_start, cfg.train_subset) == ("finetune", "", "")

@@ -226,6 +226,18 @@ def test_default_id_label_and_grayscale_and_short_video(tmp_path):
     assert kept == ["plain.tfrecord:0"]
 
 
+@pytest.mark.parametrize("mode", ["pretrain", "train", "eval"])
+def test_short_videos_error_stops_at_the_first_short_video_in_every_mode(tmp_path, mode):
+    """Training modes skip other bad records, but 'error' refuses a short video, naming it."""
+    path = _write(tmp_path / "short.tfrecord", [
+        schema.make_sequence_example(_jpegs(), 1, "long"),
+        schema.make_sequence_example(_jpegs(num=3), 2, "short")])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="bad record short: it has 3 frames, fewer than one clip spans"):
+        list(build_dataset(path, mode, 1, T, STRIDE, CROP, short_videos="error", repeat=False,
+                           shuffle_buffer=1, seed=0))
+
+
 BAD_RECORDS = {
     "no-frames": ("has no image/encoded frames", lambda: schema.make_sequence_example([], 1, "x")),
     "not-jpeg": ("frame 1 is not a JPEG", lambda: schema.make_sequence_example(
@@ -306,3 +318,27 @@ def test_works_under_mirrored_strategy(data, two_replica_strategy):
     shapes = [v.shape for v in strategy.experimental_local_results(batch["video"])]
     assert shapes == [(2, 2, T, CROP, CROP, 3)] * strategy.num_replicas_in_sync  # 2 videos
     assert os.path.basename(data["label_map"]) == "label_map.txt"
+
+
+def test_eval_view_v_is_temporal_clip_v_div_spatial_at_crop_v_mod_spatial(tmp_path):
+    """[B, V, T, S, S, 3] is temporal-major: view v = t * num_spatial_views + s is the t-th
+    clip at the s-th crop. The frames say where they come from: red = 10 + 20 * frame index,
+    green = 40 / 130 / 220 on the left / centre / right 16x16 square of a 16x48 frame (the
+    three crops exactly). L = 12, T = 2, s = 2: starts linspace(0, 12 - 4, 3) = 0, 4, 8."""
+    frames = np.zeros((12, 16, 48, 3), np.uint8)
+    frames[..., 0] = (10 + 20 * np.arange(12))[:, None, None]
+    for region in range(3):
+        frames[:, :, 16 * region:16 * (region + 1), 1] = 40 + 90 * region
+    frames[..., 2] = 128
+    path = _write(tmp_path / "where.tfrecord",
+                  [schema.make_sequence_example(schema.encode_frames(frames), 0, "where")])
+    video = next(iter(build_dataset(path, "eval", 1, 2, 2, 8, num_temporal_views=3,
+                                    num_spatial_views=3)))["video"].numpy()[0]
+    assert video.shape == (9, 2, 8, 8, 3)
+    levels = video.mean(axis=(2, 3)) * 255  # [V, T, 3]: each clip frame's mean colour.
+    frame_index = np.round((levels[..., 0] - 10) / 20).astype(int)
+    region = np.round((levels[..., 1] - 40) / 90).astype(int)
+    for v in range(9):
+        t, s = divmod(v, 3)
+        assert frame_index[v].tolist() == [4 * t, 4 * t + 2], f"view {v}"
+        assert region[v].tolist() == [s, s], f"view {v}"

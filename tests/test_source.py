@@ -100,3 +100,41 @@ def test_shard_files():
     assert source.shard_files(files, 2, 1) == (["f1", "f3"], None)
     assert source.shard_files(files[:1], 2, 1) == (["f0"], (2, 1))
     assert source.shard_files(files, 1, 0) == (files, None)
+
+
+def _keep_odd(x):
+    """Records whose index (after the ':') is odd; raises on a name without a number."""
+    index = tf.strings.to_number(tf.strings.split(x["serialized"], ":")[-1], tf.int32)
+    return tf.equal(index % 2, 1)
+
+
+@pytest.mark.parametrize("lengths,shard", [((7, 10, 13, 4, 9), None), ((12, 9, 15), (2, 1))])
+def test_a_kept_subset_resumes_exactly_and_counts_only_kept_records(tmp_path, lengths, shard):
+    files = write_files(str(tmp_path), lengths)
+    kept = sorted(f"{f}:{i}" for f, n in enumerate(lengths) for i in range(n)
+                  if i % 2 and (shard is None or i % shard[0] == shard[1]))
+    full = take(files, 3 * len(kept), record_shard=shard, keep=_keep_odd)
+    for epoch in range(3):  # Every kept record once per epoch, nothing else.
+        assert sorted(a for a, _, _ in full[epoch * len(kept):(epoch + 1) * len(kept)]) == kept
+    assert sorted(q % 2**32 for _, q, _ in full[:len(kept)]) == list(range(len(kept)))
+    for k in (0, 3, len(kept) // 2, len(kept) - 1, len(kept) + 2):
+        resumed = take(files, 3 * len(kept) - k - 1, start=full[k][2], record_shard=shard,
+                       keep=_keep_odd)
+        assert [(a, q) for a, q, _ in resumed] == [(a, q) for a, q, _ in full[k + 1:]], k
+
+
+def test_keep_leaves_out_records_it_cannot_judge_and_passes_markers(tmp_path):
+    files = write_files(str(tmp_path), (4, 4))
+    with tf.io.TFRecordWriter(files[0]) as writer:  # A record whose name has no number.
+        for name in (b"0:0", b"0:x", b"0:1", b"0:3"):
+            writer.write(name)
+    sizes = source.file_sizes(files)
+    with open(files[1], "rb") as f:
+        data = f.read()
+    with open(files[1], "wb") as f:
+        f.write(data[:len(data) // 2 + 5])  # Cut in record 2.
+    ds = source.records(files, sizes, shuffle=False, repeat=False, keep=_keep_odd)
+    elements = list(ds.as_numpy_iterator())
+    assert sorted(x["serialized"].decode() for x in elements if not x["marker"]) == [
+        "0:1", "0:3", "1:1"]
+    assert [(int(x["file"]), int(x["record"])) for x in elements if x["marker"]] == [(1, 2)]

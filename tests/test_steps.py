@@ -416,3 +416,20 @@ def test_augment_detection_batch_mirrors_the_boxes_of_flipped_clips():
     assert augment_detection_batch(batch) is batch  # Host-augmented: unchanged.
     with pytest.raises(ValueError, match="one augmentation row per clip"):
         augment_detection_batch(dict(device, aug_params=tf.stack([rows] * 4, axis=1)))
+
+
+def test_multi_view_eval_averages_probabilities_not_logits():
+    """Three views of one video with logits (0, 2, 0, 0), (0, 2, 0, 0) and (6, 0, 0, 0):
+    their softmaxes are (.096, .711, .096, .096) twice and (.993, .002, .002, .002), whose
+    mean (.395, .475, .065, .065) ranks class 1 first; the mean logits (2, 1.33, 0, 0) rank
+    class 0 first. The second video is the same with classes 0, 1 -> 3, 2. Labelled 1 and 2,
+    both are hits when probabilities are averaged (as the paper does) and none when logits
+    are."""
+    first = np.array([[0, 2, 0, 0], [0, 2, 0, 0], [6, 0, 0, 0]], np.float32)
+    second = first[:, [3, 2, 1, 0]]
+    views = np.stack([first, second])[:, :, None, None, None, :]  # [B=2, V=3, T, H, W, 4]
+    counts = make_eval_step(_FixedLogits())({"video": tf.constant(views),
+                                             "label": tf.constant([1, 2])})
+    assert counts["count"].numpy() == 2
+    assert counts["top1_correct"].numpy() == 2
+    assert counts["top5_correct"].numpy() == 2

@@ -99,8 +99,13 @@ def reason(example: dict, status: tf.Tensor, clip_span: int,
     return tf.cond(status > 0, specific, lambda: tf.constant(""))
 
 
-def refuse(element: dict) -> dict:
-    """The element, after an in-graph check that stops the pipeline naming a bad record."""
+def refuse(element: dict, only: Optional[int] = None) -> dict:
+    """The element, after an in-graph check that stops the pipeline naming a bad record (of
+    any cause, or only of cause `only`: the others pass on, e.g. to be skipped)."""
+    failed = element["status"] > 0
+    if only is not None:
+        failed = tf.equal(element["status"], only)
+
     def fail():
         message = tf.strings.join([
             "cvrl_tf: bad record ", element["id"], ": ", element["reason"],
@@ -108,7 +113,7 @@ def refuse(element: dict) -> dict:
         with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
             return tf.constant(False)
 
-    ok = tf.cond(element["status"] > 0, fail, lambda: tf.constant(True))
+    ok = tf.cond(failed, fail, lambda: tf.constant(True))
     with tf.control_dependencies([ok]):
         return {k: tf.identity(v) for k, v in element.items()}
 

@@ -56,7 +56,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                   area_range: Sequence[float] = (0.3, 1.0),
                   aspect_ratio_range: Sequence[float] = (0.5, 2.0),
                   tfds_data_dir: Optional[str] = None, augment_on: Optional[str] = None,
-                  start_positions: Optional[np.ndarray] = None, max_boxes: int = 32,
+                  start_positions: Optional[np.ndarray] = None,
+                  subset_ids: Optional[Sequence[str]] = None, max_boxes: int = 32,
                   proposal_min_score: float = 0.8,
                   train_proposal_min_score: Optional[float] = None,
                   frame_aspect: float = 16 / 9, **augment_kwargs) -> tf.data.Dataset:
@@ -85,6 +86,12 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
     int32 [source.POSITION_SIZE] (where the stream stood), 'skipped' int32 [len(CAUSES)] and
     'last_bad' int32 [len(CAUSES), 3] (checks.py). `start_positions`: positions a previous run
     stored (any number of rows); the stream continues after the newest of this pipeline's.
+    subset_ids: read only these videos (ids as `subset.read_ids` gives them; TFRecord files
+    only): a filter in the record stream (source.records' `keep`), before the shuffle windows.
+    A repeating stream whose files hold none of them would search forever (a run checks
+    first: cvrl_tf/training/label_subset.py).
+    max_boxes, proposal_min_score, train_proposal_min_score, frame_aspect: the detection modes'
+    (data/detection.py).
     skip_bad_records: None skips in training modes and refuses in 'eval'. Skipping catches a
     failing parse or JPEG decode per record (a one-record dataset each time): a small part of a
     Kinetics-size record's cost (docs/BENCHMARKS.md) but a large share of the pipeline for the
@@ -106,6 +113,7 @@ def build_dataset(file_pattern: Union[str, Sequence[str]], mode: str, global_bat
                                repeat=s.repeat, skip=s.skip, deterministic=s.deterministic,
                                shuffle_buffer=shuffle_buffer, seed=seed,
                                start_positions=start_positions, tfds_data_dir=tfds_data_dir,
+                               subset_ids=subset_ids,
                                parser=(detection.PARSER if mode in DETECTION_MODES
                                        else stream.Parser()))
     return _batched(_clips(ds, s, seed), s)
@@ -255,6 +263,8 @@ def _clips(ds: tf.data.Dataset, s: _Settings, seed: int) -> tf.data.Dataset:
                              reason=checks.explain(checks.CORRUPT_JPEG)), blank())
 
     ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=s.deterministic)
+    if s.short_videos == "error":  # The first short video stops the run, in every mode.
+        ds = ds.map(lambda e: checks.refuse(e, only=checks.TOO_SHORT))
     if s.skip:
         ds = ds.apply(checks.attempt(process, undecodable, s.deterministic))
         ds = checks.count_and_drop(ds, s.pipe_id)

@@ -77,26 +77,42 @@ def parse_sequence_example(serialized: tf.Tensor,
     """Parses one serialized record into the parsed-example dict; graph-safe.
 
     'id' is `clip/media_id` when present and non-empty, else `default_id` (the pipeline passes
-    "<file basename>:<record index>"). A record without `image/encoded` gives 0 frames, which
-    the pipeline reports by id instead of failing here.
+    `default_id(...)`: "<file basename>:<record index>"). A record without `image/encoded` gives
+    0 frames, which the pipeline reports by id instead of failing here.
     """
     context, sequence = tf.io.parse_single_sequence_example(
-        serialized,
-        context_features={
-            LABEL_KEY: tf.io.VarLenFeature(tf.int64),
-            MEDIA_ID_KEY: tf.io.VarLenFeature(tf.string),
-        },
+        serialized, context_features=_CONTEXT_FEATURES,
         sequence_features={IMAGE_KEY: tf.io.VarLenFeature(tf.string)})
+    return {"frames": tf.reshape(sequence[IMAGE_KEY].values, [-1]),
+            **_label_and_id(context, default_id)}
+
+
+def parse_context(serialized: tf.Tensor, default_id: Union[str, tf.Tensor] = "") -> dict:
+    """{'label', 'id'} of one record from its context alone, as `parse_sequence_example` gives
+    them; the frames are neither decoded nor kept (the subset filter and tool read only this)."""
+    context, _ = tf.io.parse_single_sequence_example(
+        serialized, context_features=_CONTEXT_FEATURES)
+    return _label_and_id(context, default_id)
+
+
+def default_id(file_names: tf.Tensor, file_index: tf.Tensor, record: tf.Tensor) -> tf.Tensor:
+    """The id of a record without `clip/media_id`: "<file basename>:<record index in file>"."""
+    return tf.strings.join([tf.gather(file_names, file_index), tf.strings.as_string(record)],
+                           ":")
+
+
+_CONTEXT_FEATURES = {LABEL_KEY: tf.io.VarLenFeature(tf.int64),
+                     MEDIA_ID_KEY: tf.io.VarLenFeature(tf.string)}
+
+
+def _label_and_id(context: dict, default_id: Union[str, tf.Tensor]) -> dict:
+    """The parsed context's labels (int32) and id (media_id if non-empty, else default_id)."""
     media_id = context[MEDIA_ID_KEY].values
     default_id = tf.convert_to_tensor(default_id, tf.string)
     has_id = tf.logical_and(tf.size(media_id) > 0,
                             tf.strings.length(tf.concat([media_id, [""]], 0)[0]) > 0)
     video_id = tf.cond(has_id, lambda: media_id[0], lambda: default_id)
-    return {
-        "frames": tf.reshape(sequence[IMAGE_KEY].values, [-1]),
-        "label": tf.cast(context[LABEL_KEY].values, tf.int32),
-        "id": video_id,
-    }
+    return {"label": tf.cast(context[LABEL_KEY].values, tf.int32), "id": video_id}
 
 
 def _boxes_array(boxes, what: str) -> np.ndarray:

@@ -11,13 +11,18 @@ its place in the shuffled window. A run keeps the position of the last record it
 reopens the stream there, rereading at most one group of files, and yields the same records
 in the same order with the same raw indices (the augmentation seeds) as the run that stopped.
 
+A `keep` predicate (a labelled subset: cvrl_tf/data/subset.py) drops records as each file is
+read, before the groups are interleaved and windowed: the windows shuffle kept records only,
+positions and raw indices count kept records, and because the predicate is a pure function of
+the record, the stream stays a pure function of (seed, pipeline, epoch) and resumes exactly.
+
 Files that break are reported, not fatal: a file that vanished or was cut short (a
 truncated TFRecord ends early without an error in TensorFlow) yields the records before the
 cut and then one *marker* element whose `problem` is set, named by file in the log.
 """
 import concurrent.futures
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -115,7 +120,8 @@ def latest(positions: np.ndarray, pipeline: int, num_pipelines: int, num_files: 
 def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
             num_pipelines: int = 1, record_shard: Optional[tuple[int, int]] = None,
             seed: int = 0, window: int = 1, shuffle: bool = True, repeat: bool = True,
-            start: Optional[np.ndarray] = None) -> tf.data.Dataset:
+            start: Optional[np.ndarray] = None,
+            keep: Optional[Callable[[dict], tf.Tensor]] = None) -> tf.data.Dataset:
     """The stream of one input pipeline: dicts with 'serialized', 'file' (index into files),
     'record' (index in the file), 'q' (epoch * 2**32 + raw index in the epoch: unique in the
     run, the augmentation seed), 'position' (int32 [POSITION_SIZE]), 'marker' and 'problem'
@@ -123,6 +129,10 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
 
     `start`: the position of the last record a previous run consumed; the stream continues
     right after it (its layout must match this stream's, see `matches`).
+    `keep`: a deterministic predicate on {'serialized', 'file', 'record'} (bool scalar); records
+    it rejects, or on which it raises (e.g. bytes that do not parse), are left out of the stream
+    as if absent from the file (markers of broken files always pass). Every epoch still reads
+    every record of the pipeline's files: a small subset saves decoding, not reading.
     """
     n = len(files)
     if n < 1:
@@ -160,7 +170,7 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
             return _file_records(files_t[order[group * cycle + slot]],
                                  sizes_t[order[group * cycle + slot]],
                                  order[group * cycle + slot], offsets[slot],
-                                 record_shard).map(
+                                 record_shard, keep).map(
                 lambda x: dict(x, epoch=epoch, group=group, slot=slot))
 
         return tf.data.Dataset.from_tensor_slices(slots).interleave(
@@ -214,9 +224,11 @@ def records(files: Sequence[str], sizes: Sequence[int], *, pipeline: int = 0,
 
 
 def _file_records(path: tf.Tensor, size: tf.Tensor, file_index: tf.Tensor, offset: tf.Tensor,
-                  record_shard: Optional[tuple[int, int]]) -> tf.data.Dataset:
-    """One file's records from `offset` on (this pipeline's record shard only), each with its
-    index, then a marker element when the file vanished or was cut short."""
+                  record_shard: Optional[tuple[int, int]],
+                  keep: Optional[Callable[[dict], tf.Tensor]] = None) -> tf.data.Dataset:
+    """One file's records from `offset` on (this pipeline's record shard only, and only those
+    `keep` accepts), each with its index, then a marker element when the file vanished or was
+    cut short."""
     exists = tf.size(tf.io.matching_files(path)) > 0
     # A cut inside a record's header raises DataLossError, elsewhere the reader just ends:
     # either way keep the records before the cut (the marker then reports it). A vanished
@@ -241,6 +253,9 @@ def _file_records(path: tf.Tensor, size: tf.Tensor, file_index: tf.Tensor, offse
         shards, index = record_shard
         ds = ds.filter(lambda x: tf.equal(
             tf.where(x["marker"], x["file"], x["record"]) % shards, index))
+    if keep is not None:  # A record the predicate cannot judge is not in the subset.
+        ds = ds.filter(lambda x: tf.cond(x["marker"], lambda: tf.constant(True),
+                                         lambda: keep(x))).ignore_errors()
     return ds.filter(lambda x: tf.logical_or(tf.logical_not(x["marker"]), x["problem"]))
 
 

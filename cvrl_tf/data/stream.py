@@ -16,7 +16,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from cvrl_tf.data import checks, schema, source
+from cvrl_tf.data import checks, schema, source, subset
 
 BOOKKEEPING = ("q", "position", "file", "record")
 
@@ -37,21 +37,28 @@ class Parser:
 def examples(file_pattern: Union[str, Sequence[str]], *, input_context, training: bool,
              repeat: bool, skip: bool, deterministic: bool, shuffle_buffer: int,
              seed: Optional[int], start_positions: Optional[np.ndarray],
-             tfds_data_dir: Optional[str] = None, parser: Parser = Parser()) -> tuple:
-    """(stream seed, parsed examples) of this input pipeline (see the module docstring)."""
+             tfds_data_dir: Optional[str] = None, subset_ids: Optional[Sequence[str]] = None,
+             parser: Parser = Parser()) -> tuple:
+    """(stream seed, parsed examples) of this input pipeline (see the module docstring);
+    `subset_ids`: only these videos (subset.keep_ids filters the records before the windows)."""
     num_pipes = input_context.num_input_pipelines if input_context else 1
     pipe_id = input_context.input_pipeline_id if input_context else 0
     if isinstance(file_pattern, str) and file_pattern.startswith("tfds:"):
+        if subset_ids is not None:
+            raise ValueError(f"A subset of videos (subset_ids) needs TFRecord files, not the "
+                             f"TFDS pattern {file_pattern!r}.")
         return _tfds_stream(file_pattern, input_context, tfds_data_dir, seed, training,
                             shuffle_buffer, repeat, start_positions, pipe_id, num_pipes)
     window = shuffle_buffer if training else 1
     files, record_shard = source.shard_files(schema.resolve_files(file_pattern), num_pipes,
                                              pipe_id)
     seed, start = _start_of(start_positions, seed, pipe_id, num_pipes, len(files), window)
+    basenames = [os.path.basename(f) for f in files]
+    keep = None if subset_ids is None else subset.keep_ids(subset_ids, basenames)
     ds = source.records(files, source.file_sizes(files), pipeline=pipe_id,
                         num_pipelines=num_pipes, record_shard=record_shard, seed=seed,
-                        window=window, shuffle=training, repeat=repeat, start=start)
-    names = tf.constant([os.path.basename(f) for f in files])
+                        window=window, shuffle=training, repeat=repeat, start=start, keep=keep)
+    names = tf.constant(basenames)
     parse = functools.partial(_parse, names=names, parser=parser)
     unparseable = functools.partial(_unparseable, parser=parser)
     ds = ds.apply(checks.attempt(parse, unparseable, deterministic) if skip
@@ -63,8 +70,7 @@ def examples(file_pattern: Union[str, Sequence[str]], *, input_context, training
 def _parse(element: dict, names: tf.Tensor, parser: Parser) -> dict:
     """A record of source.records as a parsed example (a shard marker: empty, with its
     status); default id '<file basename>:<record index>'."""
-    default_id = tf.strings.join([names[element["file"]],
-                                  tf.strings.as_string(element["record"])], ":")
+    default_id = schema.default_id(names, element["file"], element["record"])
 
     def parsed():
         return dict(parser.parse(element["serialized"], default_id), status=tf.constant(0))

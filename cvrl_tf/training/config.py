@@ -15,6 +15,7 @@ import tensorflow as tf
 from cvrl_tf import models
 from cvrl_tf.data import schema
 from cvrl_tf.data import service as data_service
+from cvrl_tf.data import subset as data_subset
 from cvrl_tf.training import console
 
 MODES = ("pretrain", "linear_eval", "finetune", "detect", "evaluate")
@@ -60,6 +61,9 @@ class JobConfig:
     metric of every loop on the console (always in model_dir/log.txt and TensorBoard).
     Training skips bad records (counted per cause in results.json 'input') and stops when
     more than `max_bad_fraction` of the records read were bad (judged after 1000 reads).
+    `train_subset`: a file of video ids (cvrl_tf.data.subset writes class-balanced ones):
+    training reads only those videos, and epochs count them unless num_train_examples is set
+    (cvrl_tf/training/label_subset.py checks it once and copies it into model_dir).
     `record_example_ids`: each worker appends every step's video id hashes to
     model_dir/example_ids/. `profile_steps=(START, END)`: a profiler trace of the loops that
     start in [START, END), for TensorBoard's Profile tab (model_dir/train).
@@ -127,6 +131,7 @@ class JobConfig:
     data_service_address: str = ""
     eval_label_map: str = ""
     freeze_backbone: bool = False
+    train_subset: str = ""
 
     @property
     def eval_clip(self) -> tuple:
@@ -175,9 +180,15 @@ def to_steps(value: Duration, name: str, steps_per_epoch: Optional[float]) -> in
 
 
 def examples_per_epoch(cfg: JobConfig) -> Optional[int]:
-    """run.num_train_examples, else the count recorded next to the training shards."""
+    """run.num_train_examples, else the videos of run.train_subset, else the count recorded
+    next to the training shards."""
     if cfg.num_train_examples > 0:
         return cfg.num_train_examples
+    if cfg.train_subset:
+        count = len(subset_ids(cfg))
+        print(f"Epochs count the {count} videos of run.train_subset={cfg.train_subset}.",
+              flush=True)
+        return count
     if not cfg.train_data:
         return None
     count = schema.read_example_count(cfg.train_data)
@@ -185,6 +196,14 @@ def examples_per_epoch(cfg: JobConfig) -> Optional[int]:
         console.say(f"Epochs count {count} training examples (recorded next to "
                     f"{cfg.train_data}).")
     return count
+
+
+def subset_ids(cfg: JobConfig) -> list[str]:
+    """The ids of run.train_subset; ConfigError naming the file when it is missing or empty."""
+    try:
+        return data_subset.read_ids(cfg.train_subset)
+    except ValueError as e:
+        raise ConfigError(f"run.train_subset: {e}") from e
 
 
 def schedule(cfg: JobConfig, num_examples: Optional[int] = None) -> Schedule:
@@ -243,6 +262,9 @@ def _check_mode(cfg: JobConfig) -> None:
         warn("run.mode='linear_eval' without run.warm_start trains a linear classifier on a "
              "randomly initialized backbone (a baseline); set run.warm_start=PRETRAIN_MODEL_DIR "
              "to evaluate a pretrained one.")
+    if cfg.train_subset and cfg.train_data.startswith("tfds:"):
+        raise ConfigError(f"run.train_subset needs TFRecord training data; run.train_data="
+                          f"{cfg.train_data!r} is a TFDS split (convert it to TFRecords).")
     if cfg.classifier not in ("",) + CLASSIFIERS:
         raise ConfigError(f"run.classifier={cfg.classifier!r} is unknown; use 'linear', "
                           f"'finetune' or 'probe'.")

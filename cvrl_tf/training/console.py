@@ -1,7 +1,7 @@
 """The console of a run, and its log file: a person reads one line per loop, per evaluation
 and per warning on stdout; the log file (model_dir/log.txt) keeps everything, the full metric
 dictionary of every loop included. Commands keep Python logging off the console
-(`quiet_logging`) unless --verbose."""
+(`setup_logging`) unless --verbose."""
 import contextlib
 import logging as std_logging
 import os
@@ -25,10 +25,13 @@ def warn(message: str) -> None:
     print(f"Warning: {message}", flush=True)
 
 
-def quiet_logging() -> None:
-    """Keeps Python logging (absl's INFO/WARNING lines, gin's file lookups) off stderr: the
-    console has the lines above instead; errors still show, and the log file gets all."""
-    logging.get_absl_handler().setLevel(std_logging.ERROR)
+def setup_logging(verbose: bool = False) -> None:
+    """A command's Python logging: absl's handler on the root logger (else the first library
+    to log through the standard module would install one printing every INFO line), showing
+    errors only unless `verbose`: the console has the lines above instead, and the log file
+    gets everything."""
+    logging.use_absl_handler()
+    logging.get_absl_handler().setLevel(std_logging.INFO if verbose else std_logging.ERROR)
 
 
 class _GFileStream:

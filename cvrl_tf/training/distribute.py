@@ -131,6 +131,18 @@ def task_info(strategy: tf.distribute.Strategy) -> tuple[Optional[str], int]:
     return None, 0
 
 
+def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """The input pipelines `distribute_datasets_from_function` makes: one per worker (the
+    chief and workers of TF_CONFIG's cluster), one per host of a TPU, else one."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        cluster = strategy.cluster_resolver.cluster_spec()
+        return max(1, sum(cluster.num_tasks(job) for job in ("chief", "worker")
+                          if job in cluster.jobs))
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return strategy.extended.num_hosts
+    return 1
+
+
 def is_chief_task(task_type: Optional[str], task_id: int, cluster: Mapping[str, Any]) -> bool:
     """The chief owns model_dir: task 'chief', else worker 0 when the cluster has no chief."""
     if task_type is None or task_type == "chief":

@@ -35,6 +35,7 @@ from cvrl_tf.training import console
 from cvrl_tf.training import controller as controller_lib
 from cvrl_tf.training import distribute
 from cvrl_tf.training import evaluation
+from cvrl_tf.training import label_subset
 from cvrl_tf.training import preemption
 from cvrl_tf.training import reporting
 from cvrl_tf.training import seeds
@@ -121,12 +122,13 @@ def _determinism(cfg: JobConfig):
 
 def _train_dataset_fn(cfg: JobConfig, builders: Builders,
                       start_positions: Optional[np.ndarray] = None,
-                      made: Optional[list] = None) -> Callable:
+                      made: Optional[list] = None,
+                      subset_ids: Optional[list] = None) -> Callable:
     """The per-input-pipeline training dataset (sharded by the strategy's InputContext),
     continuing after `start_positions` (the input positions a restored checkpoint holds); with
     run.data_service_address, computed by the tf.data service's workers (data/service.py),
     which read in no fixed order (positions do not apply). Each (context, dataset) made is
-    appended to `made`."""
+    appended to `made`; `subset_ids` (run.train_subset) limits it to those videos."""
     mode = {"pretrain": "pretrain", "detect": "detect"}.get(cfg.mode, "train")
     labels = cfg.num_classes if cfg.num_classes > 0 else None
     served = cfg.data_service_address
@@ -143,7 +145,8 @@ def _train_dataset_fn(cfg: JobConfig, builders: Builders,
                                    cfg.num_frames, cfg.stride, cfg.crop_size, ctx,
                                    seed=None if served else cfg.seed,
                                    num_classes=labels,
-                                   start_positions=None if served else start_positions)
+                                   start_positions=None if served else start_positions,
+                                   subset_ids=subset_ids)
         if served:  # The whole pipeline, batching included, runs on the service's workers.
             dataset = data_service.distribute(dataset, served)
         if made is not None:
@@ -211,12 +214,14 @@ class _Run:
     trainer: trainer_lib.Trainer
     controller: controller_lib.Controller
     made: list
+    subset_ids: Optional[list]
 
 
 def _prepare(cfg: JobConfig, strategy, builders: Builders, schedule, notice, on_loop,
              verbose: bool, write_dir: str) -> _Run:
     """Build and restore, the run's side files, the data, the trainer and the controller."""
     chief = distribute.is_chief(strategy)
+    subset_ids = label_subset.prepare(cfg, distribute.num_input_pipelines(strategy), chief)
     parts, origin = build_restored(cfg, strategy, builders, schedule)
     notice.check("while building the model and restoring its state",
                  f"nothing was trained in this run; the checkpoints in {cfg.model_dir} are "
@@ -235,7 +240,8 @@ def _prepare(cfg: JobConfig, strategy, builders: Builders, schedule, notice, on_
                                  max_bad_fraction=cfg.max_bad_fraction,
                                  describe=_record_namer(cfg, made))
     trainer = trainer_lib.Trainer(
-        strategy=strategy, dataset_fn=_train_dataset_fn(cfg, builders, positions, made),
+        strategy=strategy,
+        dataset_fn=_train_dataset_fn(cfg, builders, positions, made, subset_ids),
         replica_step=replica_step, global_step=parts.global_step,
         clips_per_step=clips_per_step, metric_names=metric_names, jit_compile=_jit(cfg, strategy),
         books=books, stop_flag=notice.flag)
@@ -259,7 +265,7 @@ def _prepare(cfg: JobConfig, strategy, builders: Builders, schedule, notice, on_
             summaries.write_clip_images(train_dir, _first_batch(made),
                                         pretrain=cfg.mode == "pretrain")
         summaries.write_config(cfg.model_dir, train_dir, builders.config_str())
-    return _Run(parts, origin, start_step, trainer, controller, made)
+    return _Run(parts, origin, start_step, trainer, controller, made, subset_ids)
 
 
 def _train(run: _Run, notice: preemption.Notice) -> controller_lib.Outcome:
@@ -347,6 +353,8 @@ def _results(cfg: JobConfig, strategy, run: _Run, schedule, outcome, wall: float
         "input": run.parts.input_state.summary(), "weights_sha256": digest,
         "wall_time_sec": wall,
     }
+    if run.subset_ids is not None:
+        results["train_subset"] = label_subset.summary(cfg, run.subset_ids)
     if distribute.is_chief(strategy):
         path = summaries.write_results(cfg.model_dir, results)
     if outcome.preempted:

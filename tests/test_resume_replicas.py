@@ -1,0 +1,75 @@
+"""Exact resume with two replicas, in one process: a pretraining run stopped mid-epoch and
+resumed from its checkpoint reads, replica by replica and step by step, the videos of the run
+that was never stopped. The checkpoint must hold every replica's stream position (each replica
+reads its own batches from the one input pipeline; the newest of them is where it resumes).
+
+(The same with two worker processes killed and restarted: tests/test_multiworker.py.)
+"""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from cvrl_tf import train
+from cvrl_tf.data import synthetic
+
+pytestmark = pytest.mark.slow
+
+VIDEOS = 12  # One epoch is 3 steps of 4 videos (2 per replica).
+STOP, TOTAL = 2, 5  # Stopped inside the first epoch; the resumed run crosses into the second.
+# The smallest model that runs (what is tested is the input, not the model): fewer layers to
+# trace, which is most of an in-process run's time.
+SMALL_MODEL = ("build_backbone.depth=18", "build_backbone.base_filters=4",
+               "projection_head.num_hidden=0")
+
+
+def _params(data_dir, steps):
+    return [f"TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}", "EVAL_DATA=''",
+            f"run.train_length={steps}", "run.steps_per_loop=1", "run.checkpoint_every=100",
+            "run.global_batch_size=4", "run.min_video_frames=16", "run.seed=1",
+            "run.image_summaries=False", "run.record_example_ids=True",
+            "build_dataset.shuffle_buffer=4", "NUM_CLASSES=0", *SMALL_MODEL]
+
+
+def _pretrain(data_dir, model_dir, steps, strategy):
+    return train.run_with_gin(["experiments/demo_pretrain.gin"], _params(data_dir, steps),
+                              strategy=strategy, model_dir=model_dir)
+
+
+def ids_by_step_and_replica(model_dir, replicas=2):
+    """{step: [ids of replica 0, ids of replica 1, ...]} from model_dir/example_ids/ (each line
+    is a step and the id hashes of this process's replicas in order; a later line for a step
+    wins)."""
+    steps = {}
+    for path in glob.glob(os.path.join(model_dir, "example_ids", "*.txt")):
+        with open(path) as f:
+            for line in f:
+                step, ids = line.split(" ", 1)
+                values = [int(v) for v in ids.strip().strip("[]").split()]
+                parts = np.split(np.array(values), replicas)
+                steps[int(step)] = [part.tolist() for part in parts]
+    return steps
+
+
+def test_two_replicas_stopped_mid_epoch_resume_every_replicas_stream(tmp_path,
+                                                                     two_replica_strategy):
+    data_dir = str(tmp_path / "data")
+    synthetic.write_dataset(data_dir, num_train=VIDEOS, num_eval=2, num_frames=16, size=32,
+                            num_shards=3, seed=0)
+    straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+    _pretrain(data_dir, straight, TOTAL, two_replica_strategy)
+    first = _pretrain(data_dir, stopped, STOP, two_replica_strategy)
+    assert first["num_replicas"] == 2 and first["global_step"] == STOP
+    resumed = _pretrain(data_dir, stopped, TOTAL, two_replica_strategy)
+    assert resumed["initialized_from"].startswith("checkpoint:")
+    assert resumed["start_step"] == STOP and resumed["global_step"] == TOTAL
+
+    want, got = ids_by_step_and_replica(straight), ids_by_step_and_replica(stopped)
+    assert sorted(want) == list(range(TOTAL))
+    for step in range(TOTAL):
+        assert len(want[step]) == 2 and len(want[step][0]) == 2, step  # 2 videos per replica.
+        assert got[step] == want[step], f"step {step}: replicas read {got[step]}, not {want[step]}"
+    # The replicas read different videos, and the stop was inside an epoch (not a boundary).
+    assert all(set(want[s][0]).isdisjoint(want[s][1]) for s in range(TOTAL))
+    assert STOP * 4 % VIDEOS
