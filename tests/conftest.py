@@ -58,9 +58,9 @@ def two_replica_strategy() -> "tf.distribute.MirroredStrategy":
 # of them in collection order: the longest files go first so that neither process is left
 # with a long one at the end. Seconds measured serially on 2 cores; the rest keep their order.
 _LONGEST_FIRST = ("test_train.py", "test_recipes.py", "test_multiworker.py", "test_pipeline.py",
-                  "test_pipeline_pretrain.py", "test_resume_replicas.py", "test_resume.py",
-                  "test_device_augment.py", "test_steps.py", "test_bench.py", "test_service.py",
-                  "test_findings.py", "test_demo.py")
+                  "test_pipeline_pretrain.py", "test_resume_replicas.py", "test_soak.py",
+                  "test_resume.py", "test_device_augment.py", "test_steps.py", "test_bench.py",
+                  "test_service.py", "test_findings.py", "test_demo.py")
 
 
 def pytest_collection_modifyitems(items):

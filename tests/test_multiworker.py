@@ -12,7 +12,9 @@ disjoint and covering every video once per epoch; the contrastive loss compares 
 with the clips of BOTH workers (num_candidates as info_nce gathered it); both workers end with
 the same weights; one process with two replicas on the same batches gets the same first-step
 loss; only the chief writes checkpoints and summaries. (One interrupted run serves all: each
-round of two processes costs about 15 s of TensorFlow start-up per process.)
+round of two processes costs about 15 s of TensorFlow start-up per process.) About 2.5
+minutes on 2 cores lightly loaded, 7 under heavy load (docs/BENCHMARKS.md); each round stops
+at TIME_LIMIT.
 """
 import glob
 import json

@@ -98,7 +98,8 @@ def test_rss_growth_compares_the_medians_of_the_first_and_last_tenth_of_loops():
 def test_soak_survives_two_interruptions_and_says_so(tmp_path):
     """The tool end to end at a tiny size (60 steps, 16 videos): a SIGTERM, then a SIGKILL,
     one line each, the RESULT line with exact weights, status 0, its directory removed. About
-    a minute on 2 idle cores (four TensorFlow start-ups, two at a time); limit 5 minutes."""
+    a minute on 2 cores lightly loaded (four TensorFlow start-ups, two at a time); limit 5
+    minutes."""
     output_dir = tmp_path / "soak"
     done = subprocess.run(
         [sys.executable, "-m", "tools.soak", "--steps", "60", "--interruptions", "2",
