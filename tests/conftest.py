@@ -59,10 +59,11 @@ def two_replica_strategy() -> "tf.distribute.MirroredStrategy":
 # with a long one at the end. Seconds measured serially on 2 cores; the rest keep their order.
 _LONGEST_FIRST = ("test_recipes.py", "test_train.py", "test_run_lifecycle.py",
                   "test_multiworker.py", "test_pipeline.py", "test_subset.py",
-                  "test_pipeline_pretrain.py", "test_resume_replicas.py", "test_resume.py",
-                  "test_steps.py", "test_detection_data.py", "test_device_augment.py",
-                  "test_detection.py", "test_bench.py", "test_service.py", "test_findings.py",
-                  "test_label_efficiency.py", "test_demo.py", "test_demo_detection.py")
+                  "test_pipeline_pretrain.py", "test_resume_replicas.py", "test_soak.py",
+                  "test_resume.py", "test_steps.py", "test_detection_data.py",
+                  "test_device_augment.py", "test_detection.py", "test_bench.py",
+                  "test_service.py", "test_findings.py", "test_label_efficiency.py",
+                  "test_demo.py", "test_demo_detection.py")
 
 
 def pytest_collection_modifyitems(items):

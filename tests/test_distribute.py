@@ -68,6 +68,21 @@ def test_lost_worker_is_named_from_the_error_and_tf_config():
         "a peer worker (one of: worker 1 (host1:2222), worker 2 (host2:2222))")
 
 
+def test_a_chief_that_stops_answering_is_named_from_the_unanswered_heartbeat():
+    """Worker 0 frozen (SIGSTOP: its sockets stay open, as when its host is gone): worker 1's
+    heartbeat to the coordination service, which worker 0 leads, times out, and the error (this
+    text, TF 2.20) names no task; the lost worker is the service's leader."""
+    error = tf.errors.DeadlineExceededError(None, None, (
+        "Collective ops is aborted by: Deadline Exceeded\n\nRPC: "
+        "/tensorflow.CoordinationService/Heartbeat\nThe error could be from a previous "
+        "operation. Restart your program to reset."))
+    worker_1 = dict(CLUSTER, task={"type": "worker", "index": 1})
+    assert distribute.lost_worker(error, worker_1) == "worker 0 (host0:2222)"
+    with_chief = {"cluster": {"chief": ["boss:2222"], "worker": ["host0:2222"]},
+                  "task": {"type": "worker", "index": 0}}
+    assert distribute.lost_worker(error, with_chief) == "chief 0 (boss:2222)"
+
+
 @pytest.mark.parametrize("timeouts", [(0, 10), (10, -1)])
 def test_multi_worker_timeouts_must_be_positive(timeouts):
     with pytest.raises(ValueError, match="must be > 0 seconds"):

@@ -96,6 +96,10 @@ PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                tf.errors.CancelledError, tf.errors.AbortedError)
 
 
+# In the error of a worker whose heartbeat to the coordination service timed out.
+_HEARTBEAT_RPC = "RPC: /tensorflow.CoordinationService/Heartbeat"
+
+
 def lost_worker(error: BaseException, tf_config: Optional[Mapping[str, Any]] = None) -> str:
     """Names the peer an error of PEER_ERRORS is about, as 'worker 1 (host:port)' from the
     task the error names and TF_CONFIG's cluster; 'a peer worker (...)' when it names none."""
@@ -106,6 +110,10 @@ def lost_worker(error: BaseException, tf_config: Optional[Mapping[str, Any]] = N
     myself = (me.get("type"), int(me.get("index", 0)))
     named = [(job, int(index)) for job, index in
              re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", str(error))]
+    if _HEARTBEAT_RPC in str(error):
+        # This worker's heartbeat went unanswered: the silent one is the coordination
+        # service's leader (TF's choice: the chief, else worker 0), whom the error does not name.
+        named.append(("chief", 0) if "chief" in cluster else ("worker", 0))
     named = [task for task in named if task != myself]
     if named:
         job, index = named[0]
