@@ -7,6 +7,7 @@ from typing import Tuple
 PIPELINE = "cvrl_tf/data/pipeline.py"
 DETECTION = "cvrl_tf/data/detection.py"
 SEEDS = "cvrl_tf/training/seeds.py"
+DISTRIBUTE = "cvrl_tf/training/distribute.py"
 SOURCE = "cvrl_tf/data/source.py"
 SUBSET = "cvrl_tf/data/subset.py"
 SUBSET_TESTS = "tests/test_subset.py"
@@ -142,7 +143,9 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("resume-ignores-input-positions", JOB,
              "start_positions=None if served else start_positions,", "start_positions=None,",
              ("tests/test_resume.py::test_preempted_then_killed_run_resumes_exactly",
-              RESUME_REPLICAS),
+              RESUME_REPLICAS, "tests/test_multiworker.py::"
+              "test_workers_killed_mid_epoch_resume_their_streams_exactly",
+              "tests/test_soak.py::test_soak_survives_two_interruptions_and_says_so"),
              "a resumed run reads the videos the uninterrupted run would have read next"),
     Mutation("bad-records-refused-in-training", PIPELINE,
              "skip=training if skip_bad_records is None else skip_bad_records,",
@@ -184,7 +187,9 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("training-data-without-input-context", JOB,
              "cfg.num_frames, cfg.stride, cfg.crop_size, ctx,",
              "cfg.num_frames, cfg.stride, cfg.crop_size, None,",
-             (MULTIWORKER_IDS,),
+             ("tests/test_subset.py::"
+              "test_two_input_pipelines_read_disjoint_parts_covering_the_subset",
+              MULTIWORKER_IDS),
              "each input pipeline reads its own shard at the per-replica batch"),
     Mutation("data-service-parallel-epochs", SERVICE,
              "processing_mode=_service.ShardingPolicy.DYNAMIC",
@@ -320,4 +325,9 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "    if False:\n        count = len(subset_ids(cfg))",
              (f"{SUBSET_TESTS}::test_epochs_count_the_subset_unless_num_train_examples_is_set",),
              "epochs of a subset run count the subset's videos"),
+    Mutation("lost-chief-not-named", DISTRIBUTE,
+             "    if _HEARTBEAT_RPC in str(error):", "    if False:",
+             ("tests/test_distribute.py::"
+              "test_a_chief_that_stops_answering_is_named_from_the_unanswered_heartbeat",),
+             "a survivor names the lost chief even when only its heartbeat went unanswered"),
 )
