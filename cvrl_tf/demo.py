@@ -166,7 +166,7 @@ def write_embedding_map(output_dir: str, dirs: dict, data_dir: str, linear: dict
         out = features.extract_from_records(
             lambda clips, b=backbone: b(clips, training=False), os.path.join(
                 data_dir, "eval-*.tfrecord"), clip["num_frames"], clip["stride"],
-            clip["crop_size"], 1, 1, batch_size=100)
+            clip["crop_size"], 1, 1, batch_size=100, show_progress=False)
         top1 = 100 * float(linear[key]["eval"]["top1"])
         panels.append((f"{name}: linear top-1 {top1:.1f}%", out["features"], out["labels"]))
     names = schema.read_label_map(schema.label_map_path(data_dir))

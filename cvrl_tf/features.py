@@ -161,10 +161,12 @@ def extract_from_videos(fn: Callable, video_list: str, num_frames: int, stride: 
 
 def extract_from_records(fn: Callable, file_pattern: str, num_frames: int, stride: int,
                          crop_size: int, num_temporal_views: int, num_spatial_views: int,
-                         batch_size: int = 8, thumbnails: bool = False) -> dict:
+                         batch_size: int = 8, thumbnails: bool = False,
+                         show_progress: bool = True) -> dict:
     """Features of every video matched by a TFRecord glob, via build_dataset's eval mode.
 
-    thumbnails=True adds 'thumbnails' uint8 [N, 64, 64, 3] (`middle_frames`).
+    thumbnails=True adds 'thumbnails' uint8 [N, 64, 64, 3] (`middle_frames`); show_progress=False
+    hides the progress bar (a caller with its own console, like the demo).
     """
     ds = pipeline.build_dataset(file_pattern, "eval", batch_size, num_frames, stride, crop_size,
                                 num_temporal_views=num_temporal_views,
@@ -172,7 +174,7 @@ def extract_from_records(fn: Callable, file_pattern: str, num_frames: int, strid
                                 drop_remainder=False)
     num_views = num_temporal_views * num_spatial_views
     ids, labels, features, thumbs = [], [], [], []
-    with tqdm.tqdm(desc="videos", unit="video") as progress:
+    with tqdm.tqdm(desc="videos", unit="video", disable=not show_progress) as progress:
         for batch in ds:
             video = batch["video"]
             b = int(video.shape[0])
