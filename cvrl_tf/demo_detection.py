@@ -46,7 +46,7 @@ DETECT_GIN = "experiments/demo_detect.gin"
 AVA_SET = dict(num_train=96, num_val=32, seconds=7, fps=10, height=64, width=96)
 WINDOW_FRAMES = 24
 # A detection clip's cost relative to a pretraining clip's (measured: docs/DEMO.md).
-DETECT_COST = 1.0
+DETECT_COST = 1.4
 PICTURE_KEYFRAMES = 6
 
 
