@@ -8,7 +8,7 @@ Steps (gin/experiments/demo_detect.gin through train.py's gin root):
    pbtxt files) in OUTPUT_DIR/ava, converted by `convert_ava` like real AVA (kept if there);
 2. a CVRL pretraining of the demo's tiny R3D on the unlabeled motion set: runs/demo/pretrain
    when `make demo` left a finished one there (--pretrain_dir), else its own, as `make demo`
-   runs it (OUTPUT_DIR/pretrain);
+   runs it but for OWN_PRETRAIN_STEPS steps (OUTPUT_DIR/pretrain);
 3. the RoI detection head trained on the frozen CVRL backbone and on a randomly initialized
    one of the same architecture (OUTPUT_DIR/detect_cvrl, detect_random), each scored by frame
    mAP at IoU 0.5 on the eval keyframes' proposals;
@@ -47,6 +47,9 @@ AVA_SET = dict(num_train=96, num_val=32, seconds=7, fps=10, height=64, width=96)
 WINDOW_FRAMES = 24
 # A detection clip's cost relative to a pretraining clip's (measured: docs/DEMO.md).
 DETECT_COST = 1.4
+# The demo's own pretraining (when `make demo` left none): shorter than make demo's 540 steps,
+# so that the whole demo stays within 10 minutes on the slow kind of machine (docs/DEMO.md).
+OWN_PRETRAIN_STEPS = 400
 PICTURE_KEYFRAMES = 6
 
 
@@ -91,7 +94,8 @@ def _plan(output_dir: str, pretrain_dir: str, records: str, seed: Optional[int],
     if pretrain_dir.startswith(output_dir):  # Our own pretraining: the demo's, on its data.
         demo_data = os.path.join(output_dir, "motion_data")
         demo.ensure_data(demo_data, *motion_videos)
-        runs.append(("pretrain", demo.PRETRAIN_GIN, demo.data_bindings(demo_data) + seeds,
+        runs.append(("pretrain", demo.PRETRAIN_GIN, demo.data_bindings(demo_data) + seeds
+                     + [f"run.train_length = {OWN_PRETRAIN_STEPS}"],
                      "CVRL pretraining on the motion set"))
     runs += [("detect_cvrl", DETECT_GIN, data + seeds + [f"PRETRAIN_DIR = {pretrain_dir!r}"],
               "Detection: frozen CVRL backbone"),
