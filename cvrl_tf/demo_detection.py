@@ -84,14 +84,15 @@ def _pretrained(pretrain_dir: str) -> bool:
         and results.get("mode") == "pretrain"
 
 
-def _plan(output_dir: str, pretrain_dir: str, records: str, seed: Optional[int],
+def _plan(output_dir: str, pretrain_dir: str, own: bool, records: str, seed: Optional[int],
           gin_params: Sequence[str], motion_videos: tuple = (600, 300)) -> tuple:
-    """The runs (name, gin file, bindings, title) and their clock phases."""
+    """The runs (name, gin file, bindings, title) and their clock phases; `own`: whether
+    the demo pretrains itself, into pretrain_dir."""
     data = [f"TRAIN_DATA = {os.path.join(records, 'train-*.tfrecord')!r}",
             f"EVAL_DATA = {os.path.join(records, 'eval-*.tfrecord')!r}"]
     seeds = [f"run.seed = {seed}"] if seed is not None else []
     runs = []
-    if pretrain_dir.startswith(output_dir):  # Our own pretraining: the demo's, on its data.
+    if own:  # The demo's pretraining, on its data, as make demo runs it but shorter.
         demo_data = os.path.join(output_dir, "motion_data")
         demo.ensure_data(demo_data, *motion_videos)
         runs.append(("pretrain", demo.PRETRAIN_GIN, demo.data_bindings(demo_data) + seeds
@@ -119,14 +120,15 @@ def run_demo(output_dir: str, pretrain_dir: str, seed: Optional[int] = None,
     sizes = dict(sizes or {})
     motion_videos = sizes.pop("motion_videos", (600, 300))
     records = ensure_ava(os.path.join(output_dir, "ava"), sizes=sizes)
-    if not _pretrained(pretrain_dir):
+    own = not _pretrained(pretrain_dir)
+    if own:
         if pretrain_dir:
             print(f"No finished pretraining in {pretrain_dir}: pretraining here.", flush=True)
         pretrain_dir = os.path.join(output_dir, "pretrain")
     else:
         print(f"Using the CVRL pretraining in {pretrain_dir}", flush=True)
-    runs, phases = _plan(output_dir, os.path.abspath(pretrain_dir), records, seed, gin_params,
-                         motion_videos)
+    runs, phases = _plan(output_dir, os.path.abspath(pretrain_dir), own, records, seed,
+                         gin_params, motion_videos)
     clock = demo_clock.DemoClock(phases, start)
     outputs, times = {}, {"start_up_and_data": time.monotonic() - start}
     for name, gin_file, params, title in runs:

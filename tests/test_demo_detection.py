@@ -36,3 +36,13 @@ def test_the_detection_demo_writes_both_maps_and_a_picture(tmp_path, capsys):
         assert json.load(f)["initialized_from"] == "scratch"
     with open(results["picture"], "rb") as f:
         assert tf.io.decode_png(f.read()).shape[-1] == 4
+
+    # Run again on the pretraining it left inside its output directory: reused, not redone.
+    again = demo_detection.run_demo(
+        str(out), str(out / "pretrain"), seed=0, gin_params=params,
+        sizes=dict(num_train=4, num_val=2, seconds=5, motion_videos=(16, 8)))
+    printed = capsys.readouterr().out
+    assert f"Using the CVRL pretraining in {out / 'pretrain'}" in printed
+    assert "== CVRL pretraining" not in printed and "frame mAP at IoU 0.5" in printed
+    assert tf.train.latest_checkpoint(str(out / "pretrain")).endswith("ckpt-4")
+    assert set(again["frame_map"]) == {"cvrl", "random_init"}
