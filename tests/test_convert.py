@@ -203,6 +203,7 @@ def test_counts_are_right_after_a_killed_run_resumes(video_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.scenario  # make test-scenarios: the worker processes are the point.
 def test_cli_with_worker_processes(video_dir, tmp_path, capsys):
     out = str(tmp_path / "out")
     code = convert.main(["--input", video_dir, "--output_dir", out, "--fps", "5",

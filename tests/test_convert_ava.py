@@ -145,6 +145,7 @@ def test_the_command_prints_a_summary_or_one_sentence(ava_dir, tmp_path, capsys)
 
 
 @pytest.mark.slow
+@pytest.mark.scenario  # make test-scenarios: the worker processes are the point.
 def test_shards_in_worker_processes(ava_dir, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()

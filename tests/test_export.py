@@ -83,6 +83,7 @@ def test_restores_trained_weights_not_init(exported):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.scenario  # make test-scenarios: a process without cvrl_tf is the point.
 def test_loads_in_a_process_without_cvrl_tf(exported, tmp_path):
     _, backbone, out = exported
     clips = _clips(3)

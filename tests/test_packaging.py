@@ -4,9 +4,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.scenario  # make test-scenarios: pip and a fresh process are the point.
 def test_installed_package_resolves_gin_experiments_and_their_includes(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

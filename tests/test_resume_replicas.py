@@ -1,22 +1,28 @@
-"""Exact resume with two replicas, in one process: a pretraining run stopped mid-epoch and
-resumed from its checkpoint reads, replica by replica and step by step, the videos of the run
-that was never stopped. The checkpoint must hold every replica's stream position (each replica
-reads its own batches from the one input pipeline; the newest of them is where it resumes).
+"""Exact resume with two replicas, in one process, on a labelled subset: a pretraining run
+stopped mid-epoch and resumed from its checkpoint reads, replica by replica and step by step,
+the videos of the run that was never stopped, and only the subset's. The checkpoint must hold
+every replica's stream position (each replica reads its own batches from the one input
+pipeline; the newest of them is where it resumes), and the resumed run must read through the
+subset it started with (run.train_subset).
 
-(The same with two worker processes killed and restarted: tests/test_multiworker.py.)
+(The same with two worker processes killed and restarted: tests/test_multiworker.py; the
+stream of a subset resumed, without a model: tests/test_source.py.)
 """
 import glob
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cvrl_tf import train
+from cvrl_tf.data import pipeline
 from cvrl_tf.data import synthetic
 
 pytestmark = pytest.mark.slow
 
-VIDEOS = 12  # One epoch is 3 steps of 4 videos (2 per replica).
+VIDEOS = 14
+LEFT_OUT = (3, 8)  # Not in the subset: one epoch is its 12 videos, 3 steps of 4 (2 per replica).
 STOP, TOTAL = 2, 5  # Stopped inside the first epoch; the resumed run crosses into the second.
 # The smallest model that runs (what is tested is the input, not the model): fewer layers to
 # trace, which is most of an in-process run's time.
@@ -26,6 +32,7 @@ SMALL_MODEL = ("build_backbone.depth=18", "build_backbone.base_filters=4",
 
 def _params(data_dir, steps):
     return [f"TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}", "EVAL_DATA=''",
+            f"run.train_subset={os.path.join(data_dir, 'subset.txt')!r}",
             f"run.train_length={steps}", "run.steps_per_loop=1", "run.checkpoint_every=100",
             "run.global_batch_size=4", "run.min_video_frames=16", "run.seed=1",
             "run.image_summaries=False", "run.record_example_ids=True",
@@ -57,8 +64,13 @@ def test_two_replicas_stopped_mid_epoch_resume_every_replicas_stream(tmp_path,
     data_dir = str(tmp_path / "data")
     synthetic.write_dataset(data_dir, num_train=VIDEOS, num_eval=2, num_frames=16, size=32,
                             num_shards=3, seed=0)
+    kept = [f"synthetic-train-{i:05d}" for i in range(VIDEOS) if i not in LEFT_OUT]
+    with open(os.path.join(data_dir, "subset.txt"), "w") as f:
+        f.write("\n".join(kept) + "\n")
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
-    _pretrain(data_dir, straight, TOTAL, two_replica_strategy)
+    done = _pretrain(data_dir, straight, TOTAL, two_replica_strategy)
+    assert done["train_subset"]["num_videos"] == len(kept)
+    assert done["input"]["read"] == TOTAL * 4  # Epochs of the subset: no record read and dropped.
     first = _pretrain(data_dir, stopped, STOP, two_replica_strategy)
     assert first["num_replicas"] == 2 and first["global_step"] == STOP
     resumed = _pretrain(data_dir, stopped, TOTAL, two_replica_strategy)
@@ -72,4 +84,6 @@ def test_two_replicas_stopped_mid_epoch_resume_every_replicas_stream(tmp_path,
         assert got[step] == want[step], f"step {step}: replicas read {got[step]}, not {want[step]}"
     # The replicas read different videos, and the stop was inside an epoch (not a boundary).
     assert all(set(want[s][0]).isdisjoint(want[s][1]) for s in range(TOTAL))
-    assert STOP * 4 % VIDEOS
+    first_epoch = [i for s in range(3) for replica in want[s] for i in replica]
+    assert sorted(first_epoch) == sorted(pipeline.id_hash(tf.constant(kept)).numpy().tolist())
+    assert STOP * 4 % len(kept)

@@ -3,6 +3,7 @@ and kept, so a restart continues the same stream), a stop notice in every phase 
 cleanly with what was saved said, and the bad-record verdict at the end of every run."""
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -35,9 +36,23 @@ def _sigterm(*_):
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_a_run_without_a_seed_draws_one_keeps_it_and_resumes_with_it(data_dir, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def two_steps(data_dir, tmp_path_factory):  # noqa: F811
+    """A finished 2-step pretraining started without a seed (its model_dir and results), which
+    the tests restart or evaluate: a test that changes it works on a copy (`_copy`)."""
+    model_dir = tmp_path_factory.mktemp("two_steps") / "run"
+    return model_dir, _pretrain(data_dir, model_dir, **{"run.train_length": 2, "run.seed": None})
+
+
+def _copy(two_steps, tmp_path):
     model_dir = tmp_path / "run"
-    first = _pretrain(data_dir, model_dir, **{"run.train_length": 2, "run.seed": None})
+    shutil.copytree(two_steps[0], model_dir)
+    return model_dir
+
+
+def test_a_run_without_a_seed_draws_one_keeps_it_and_resumes_with_it(
+        data_dir, two_steps, tmp_path):  # noqa: F811
+    model_dir, first = _copy(two_steps, tmp_path), two_steps[1]
     seed = seeds.stored_seed(str(model_dir))
     assert isinstance(seed, int) and first["seed"] == seed
     with open(model_dir / "results.json") as f:
@@ -49,10 +64,8 @@ def test_a_run_without_a_seed_draws_one_keeps_it_and_resumes_with_it(data_dir, t
 
 @pytest.mark.parametrize("restoring", [False, True])
 def test_a_notice_while_building_or_restoring_stops_before_training(
-        data_dir, tmp_path, monkeypatch, capsys, restoring):  # noqa: F811
-    model_dir = tmp_path / "run"
-    if restoring:
-        _pretrain(data_dir, model_dir, **{"run.train_length": 2})
+        data_dir, two_steps, tmp_path, monkeypatch, capsys, restoring):  # noqa: F811
+    model_dir = _copy(two_steps, tmp_path) if restoring else tmp_path / "run"
     saved = checkpoints.list_checkpoints(str(model_dir)) if restoring else []
     built = job.build_restored
     monkeypatch.setattr(job, "build_restored", lambda *a: (built(*a), _sigterm())[0])
@@ -109,10 +122,9 @@ def test_a_notice_during_the_final_save_lets_the_run_finish(data_dir, tmp_path, 
             "step 4.") in capsys.readouterr().out
 
 
-def test_a_notice_in_mode_evaluate_stops_without_results(data_dir, tmp_path, monkeypatch,
-                                                        capsys):  # noqa: F811
-    checkpoint = tmp_path / "pretrain"
-    _pretrain(data_dir, checkpoint, **{"EVAL_DATA": "''", "run.train_length": 2})
+def test_a_notice_in_mode_evaluate_stops_without_results(data_dir, two_steps, tmp_path,
+                                                        monkeypatch, capsys):  # noqa: F811
+    checkpoint = two_steps[0]
     reduce = trainer_lib.Evaluator.eval_reduce
 
     def signalled(self, state=None, step_outputs=None):

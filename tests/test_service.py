@@ -165,6 +165,7 @@ def _free_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.scenario  # make test-scenarios: the two server processes are the point.
 def test_command_line_servers_serve_and_stop_on_interrupt(tmp_path):
     port = _free_port()  # Both start at once: the worker waits for the dispatcher.
     dispatcher = _start(["--dispatcher", "--port", str(port)], tmp_path / "dispatcher.log")

@@ -301,44 +301,5 @@ def test_the_first_start_checks_and_copies_a_resume_does_not_check(data_dir, tmp
         label_subset.prepare(dataclass_replace(cfg, train_subset=other), 1, True)
 
 
-def _finetune(data_dir, model_dir, subset_file, steps):
-    """A fine-tuning run of the tiny model on the subset, every step's ids recorded."""
-    return train.run_with_gin(
-        ["models/tiny_motion.gin", "runs/finetune.gin"],
-        [f"TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}", "EVAL_DATA=''", "NUM_CLASSES=6",
-         "PRETRAIN_DIR=''", f"run.train_length={steps}", "run.warmup=0", "run.num_frames=4",
-         "run.crop_size=16", "run.global_batch_size=4", "run.steps_per_loop=1",
-         "run.checkpoint_every=1", "run.min_video_frames=16", "run.image_summaries=False",
-         "run.record_example_ids=True", "run.seed=1", f"run.train_subset={subset_file!r}",
-         "build_dataset.shuffle_buffer=4"], model_dir=model_dir)
-
-
-def _ids_by_step(model_dir):
-    steps = {}
-    with open(os.path.join(model_dir, "example_ids", "worker-0.txt")) as f:
-        for line in f:
-            step, ids = line.split(" ", 1)
-            steps[int(step)] = ids.strip()
-    return steps
-
-
-@pytest.mark.slow
-def test_a_subset_run_stopped_mid_epoch_resumes_exactly(data_dir, tmp_path):
-    """6 videos, batch 4: the stop after step 2 falls in the second epoch (videos 7-8)."""
-    subset_file = _write(tmp_path / "s.txt", [f"synthetic-train-{i:05d}" for i in
-                                             (0, 5, 7, 10, 14, 21)])
-    straight = str(tmp_path / "straight")
-    done = _finetune(data_dir, straight, subset_file, 5)
-    assert done["train_subset"] == {"file": subset_file, "copy": "train_subset.txt",
-                                    "num_videos": 6}
-    assert done["input"]["read"] == 20
-    stopped = str(tmp_path / "stopped")
-    _finetune(data_dir, stopped, subset_file, 2)
-    resumed = _finetune(data_dir, stopped, subset_file, 5)
-    assert resumed["start_step"] == 2 and resumed["global_step"] == 5
-    want = _ids_by_step(straight)
-    assert sorted(want) == list(range(5)) and _ids_by_step(stopped) == want
-    hashes = pipeline.id_hash(tf.constant([f"synthetic-train-{i:05d}" for i in
-                                           (0, 5, 7, 10, 14, 21)])).numpy()
-    first_epoch = " ".join(want[0].strip("[]").split() + want[1].strip("[]").split()[:2])
-    assert sorted(int(h) for h in first_epoch.split()) == sorted(hashes.tolist())
+# A run on a subset stopped mid-epoch and resumed reads the uninterrupted run's videos, step by
+# step and replica by replica: tests/test_resume_replicas.py (two replicas, on a subset).

@@ -388,6 +388,9 @@ def test_non_finite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
                                                               "run.base_lr": 1e38}, **steps(6))
 
 
+# make test-scenarios: XLA's compile of the whole loop takes half a minute on the slow kind of
+# machine; make test compiles the steps themselves (tests/test_steps.py, *_compiles_with_xla).
+@pytest.mark.scenario
 def test_train_step_compiles_with_xla(data_dir, tmp_path):
     """jit_compile=True (what TPUs do anyway) on the tiny model, one replica: the whole
     pretraining step, the clips' device-side augmentation included, compiled by XLA."""
