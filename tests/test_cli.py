@@ -73,6 +73,7 @@ def test_a_check_is_a_users_mistake_a_library_error_is_a_bug():
 
 
 @pytest.mark.slow
+@pytest.mark.scenario  # make test-scenarios: the whole process, as a user starts it, is the point.
 def test_the_command_prints_one_sentence_and_exits_2():
     """The whole chain, as a user meets it: no traceback, TensorFlow's start-up lines hidden."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

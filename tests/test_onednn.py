@@ -1,5 +1,6 @@
 """tune_process turns oneDNN on (and TensorFlow's C++ log off) before TensorFlow starts, unless
-the user chose already; importing cvrl_tf's modules sets nothing.
+the user chose already. (Importing cvrl_tf's modules sets nothing: tests/test_malloc.py checks
+the environment and malloc in one fresh interpreter.)
 
 The whole chain (tune_process, then TensorFlow reads the variable and uses oneDNN) runs in a
 fresh interpreter: TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when its first oneDNN check
@@ -20,30 +21,6 @@ _ENV_NAMES = (process.ONEDNN_ENV, process.LOG_LEVEL_ENV)
 _PROBE = ("import os; from cvrl_tf import runtime; runtime.tune_process(); "
           "from cvrl_tf.runtime import internals; "
           "print(repr(os.environ.get('TF_ENABLE_ONEDNN_OPTS')), internals.onednn_enabled())")
-# Every module of the package imported, nothing called: the environment is unchanged. The
-# libraries cvrl_tf imports are imported first (TensorFlow itself sets TF2_BEHAVIOR and more).
-_IMPORT_ALL = """
-import ast, importlib, os, pathlib, pkgutil, sys
-import cvrl_tf
-package = pathlib.Path(cvrl_tf.__file__).parent
-third_party = set()
-for path in package.rglob("*.py"):
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                 [node.module] if isinstance(node, ast.ImportFrom) and node.module
-                 and not node.level else [])
-        third_party |= {n.split(".")[0] for n in names}
-third_party -= set(sys.stdlib_module_names) | {"cvrl_tf"}
-for name in sorted(third_party):
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        pass
-before = dict(os.environ)
-for module in pkgutil.walk_packages(cvrl_tf.__path__, "cvrl_tf."):
-    importlib.import_module(module.name)
-print(sorted(set(os.environ.items()) ^ set(before.items())))
-"""
 
 
 def _run(code: str) -> str:
@@ -53,12 +30,9 @@ def _run(code: str) -> str:
                           capture_output=True, text=True).stdout
 
 
+@pytest.mark.scenario  # make test-scenarios: a fresh interpreter starting TensorFlow is the point.
 def test_tune_process_turns_onednn_on_before_tensorflow_starts():
     assert _run(_PROBE).strip().splitlines()[-1].split() == ["'1'", "True"]
-
-
-def test_importing_every_module_changes_no_environment_variable():
-    assert _run(_IMPORT_ALL).strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("user_value", ["0", "1", ""])
