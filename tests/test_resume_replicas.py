@@ -1,6 +1,8 @@
 """Exact resume with two replicas, in one process, on a labelled subset: a pretraining run
 stopped mid-epoch and resumed from its checkpoint reads, replica by replica and step by step,
-the videos of the run that was never stopped, and only the subset's. The checkpoint must hold
+the videos of the run that was never stopped, and only the subset's. (The stopped run is the
+uninterrupted run's model_dir as a kill right after its mid-epoch checkpoint leaves it: the
+same files, one run fewer.) The checkpoint must hold
 every replica's stream position (each replica reads its own batches from the one input
 pipeline; the newest of them is where it resumes), and the resumed run must read through the
 subset it started with (run.train_subset).
@@ -10,6 +12,7 @@ stream of a subset resumed, without a model: tests/test_source.py.)
 """
 import glob
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -33,7 +36,7 @@ SMALL_MODEL = ("build_backbone.depth=18", "build_backbone.base_filters=4",
 def _params(data_dir, steps):
     return [f"TRAIN_DATA={os.path.join(data_dir, 'train-*')!r}", "EVAL_DATA=''",
             f"run.train_subset={os.path.join(data_dir, 'subset.txt')!r}",
-            f"run.train_length={steps}", "run.steps_per_loop=1", "run.checkpoint_every=100",
+            f"run.train_length={steps}", "run.steps_per_loop=1", f"run.checkpoint_every={STOP}",
             "run.global_batch_size=4", "run.min_video_frames=16", "run.seed=1",
             "run.image_summaries=False", "run.record_example_ids=True",
             "build_dataset.shuffle_buffer=4", "NUM_CLASSES=0", *SMALL_MODEL]
@@ -42,6 +45,24 @@ def _params(data_dir, steps):
 def _pretrain(data_dir, model_dir, steps, strategy):
     return train.run_with_gin(["experiments/demo_pretrain.gin"], _params(data_dir, steps),
                               strategy=strategy, model_dir=model_dir)
+
+
+def as_killed_after(model_dir, copy, step):
+    """A copy of a finished run's model_dir as a run killed right after its checkpoint of
+    `step` leaves it: the later checkpoints, the results and the later ids gone."""
+    shutil.copytree(model_dir, copy)
+    for path in glob.glob(os.path.join(copy, "ckpt-*")):
+        if int(os.path.basename(path).split(".")[0].split("-")[1]) > step:
+            os.remove(path)
+    with open(os.path.join(copy, "checkpoint"), "w") as f:
+        f.write(f'model_checkpoint_path: "ckpt-{step}"\n'
+                f'all_model_checkpoint_paths: "ckpt-{step}"\n')
+    os.remove(os.path.join(copy, "results.json"))
+    for path in glob.glob(os.path.join(copy, "example_ids", "*.txt")):
+        with open(path) as f:
+            lines = [line for line in f if int(line.split(" ", 1)[0]) < step]
+        with open(path, "w") as f:
+            f.writelines(lines)
 
 
 def ids_by_step_and_replica(model_dir, replicas=2):
@@ -69,12 +90,11 @@ def test_two_replicas_stopped_mid_epoch_resume_every_replicas_stream(tmp_path,
         f.write("\n".join(kept) + "\n")
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     done = _pretrain(data_dir, straight, TOTAL, two_replica_strategy)
-    assert done["train_subset"]["num_videos"] == len(kept)
+    assert done["num_replicas"] == 2 and done["train_subset"]["num_videos"] == len(kept)
     assert done["input"]["read"] == TOTAL * 4  # Epochs of the subset: no record read and dropped.
-    first = _pretrain(data_dir, stopped, STOP, two_replica_strategy)
-    assert first["num_replicas"] == 2 and first["global_step"] == STOP
+    as_killed_after(straight, stopped, STOP)
     resumed = _pretrain(data_dir, stopped, TOTAL, two_replica_strategy)
-    assert resumed["initialized_from"].startswith("checkpoint:")
+    assert resumed["initialized_from"] == f"checkpoint:{os.path.join(stopped, f'ckpt-{STOP}')}"
     assert resumed["start_step"] == STOP and resumed["global_step"] == TOTAL
 
     want, got = ids_by_step_and_replica(straight), ids_by_step_and_replica(stopped)
