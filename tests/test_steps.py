@@ -307,6 +307,22 @@ def test_eval_step_counts_single_and_multi_view():
     assert single["top1_correct"].numpy() == np.sum((first == labels)[valid])
 
 
+class _ClassByMode(keras.Model):
+    """Class 1 in inference mode, class 0 in training mode (as batch statistics in BN would
+    change what a model predicts)."""
+
+    def call(self, video, training=None):
+        batch = tf.shape(video)[0]
+        return {"logits": tf.one_hot(tf.fill([batch], 0 if training else 1), 3)}
+
+
+@pytest.mark.parametrize("views", [(1,), ()], ids=["multi-view", "single-view"])
+def test_eval_step_runs_the_model_in_inference_mode(views):
+    video = tf.zeros((2,) + views + (1, 2, 2, 3))
+    counts = make_eval_step(_ClassByMode())({"video": video, "label": tf.constant([1, 1])})
+    assert counts["top1_correct"].numpy() == counts["count"].numpy() == 2
+
+
 DETECTION_CLIP = (4, 32, 32, 3)  # res5 2x2 at output stride 16.
 
 

@@ -138,8 +138,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "num_candidates reports the rows info_nce gathered (2N global), not local ones"),
     Mutation("loss-local-candidates-in-the-job", LOSSES,
              "if ctx is None or ctx.num_replicas_in_sync == 1:", "if True:",
-             (MULTIWORKER_RUN,),
-             "a two-worker pretraining run's num_candidates is what info_nce gathered (2N)"),
+             (PROBE_TOP1, MULTIWORKER_RUN),
+             "a pretraining run on two replicas or two workers gathers its negatives (2N)"),
     Mutation("resume-ignores-input-positions", JOB,
              "start_positions=None if served else start_positions,", "start_positions=None,",
              ("tests/test_resume.py::test_preempted_then_killed_run_resumes_exactly",
@@ -183,7 +183,11 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("eval-step-in-training-mode", STEPS,
              "logits = _logits(model(clips, training=False))",
              "logits = _logits(model(clips, training=True))",
-             (PROBE_TOP1,), "evaluation runs the model in inference mode (BN moving statistics)"),
+             # Two replicas (PROBE_TOP1's run) refuse it outright (sync BN in a replica step):
+             # an error, not an assertion; the step's own test tells the modes apart.
+             ("tests/test_steps.py::test_eval_step_runs_the_model_in_inference_mode",
+              PROBE_TOP1),
+             "evaluation runs the model in inference mode (BN moving statistics)"),
     Mutation("training-data-without-input-context", JOB,
              "cfg.num_frames, cfg.stride, cfg.crop_size, ctx,",
              "cfg.num_frames, cfg.stride, cfg.crop_size, None,",
