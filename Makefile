@@ -28,7 +28,7 @@ demo-detection: $(STAMP)  # reuses $(DEMO_DIR)/pretrain when `make demo` left on
 test: $(STAMP)  # every test but the whole-command scenarios (tests marked scenario)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not scenario"
 
-test-scenarios: $(STAMP)  # multi-worker, preempt-kill-resume, demo, findings, bench commands
+test-scenarios: $(STAMP)  # multi-worker, preempt-kill-resume, demo, findings, bench, processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m scenario
 
 bench: $(STAMP)  # side-by-side against the Model Garden (docs/BENCHMARKS.md); minutes each
