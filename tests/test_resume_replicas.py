@@ -2,10 +2,10 @@
 stopped mid-epoch and resumed from its checkpoint reads, replica by replica and step by step,
 the videos of the run that was never stopped, and only the subset's. (The stopped run is the
 uninterrupted run's model_dir as a kill right after its mid-epoch checkpoint leaves it: the
-same files, one run fewer.) The checkpoint must hold
-every replica's stream position (each replica reads its own batches from the one input
-pipeline; the newest of them is where it resumes), and the resumed run must read through the
-subset it started with (run.train_subset).
+same files, one run fewer.) The checkpoint must hold every replica's stream position (each
+replica reads its own batches from the one input pipeline; the newest of them is where it
+resumes), and the resumed run must read through the subset it started with
+(run.train_subset).
 
 (The same with two worker processes killed and restarted: tests/test_multiworker.py; the
 stream of a subset resumed, without a model: tests/test_source.py.)
@@ -21,16 +21,13 @@ import tensorflow as tf
 from cvrl_tf import train
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import synthetic
+from tests.test_train import SMALL_MODEL
 
 pytestmark = pytest.mark.slow
 
 VIDEOS = 14
 LEFT_OUT = (3, 8)  # Not in the subset: one epoch is its 12 videos, 3 steps of 4 (2 per replica).
 STOP, TOTAL = 2, 4  # Stopped inside the first epoch; the resumed run crosses into the second.
-# The smallest model that runs (what is tested is the input, not the model): fewer layers to
-# trace, which is most of an in-process run's time.
-SMALL_MODEL = ("build_backbone.depth=18", "build_backbone.base_filters=4",
-               "projection_head.num_hidden=0")
 
 
 def _params(data_dir, steps):
@@ -39,7 +36,8 @@ def _params(data_dir, steps):
             f"run.train_length={steps}", "run.steps_per_loop=1", f"run.checkpoint_every={STOP}",
             "run.global_batch_size=4", "run.min_video_frames=16", "run.seed=1",
             "run.image_summaries=False", "run.record_example_ids=True",
-            "build_dataset.shuffle_buffer=4", "NUM_CLASSES=0", *SMALL_MODEL]
+            "build_dataset.shuffle_buffer=4", "NUM_CLASSES=0",
+            *[f"{k}={v}" for k, v in SMALL_MODEL.items()]]
 
 
 def _pretrain(data_dir, model_dir, steps, strategy):
@@ -54,9 +52,7 @@ def as_killed_after(model_dir, copy, step):
     for path in glob.glob(os.path.join(copy, "ckpt-*")):
         if int(os.path.basename(path).split(".")[0].split("-")[1]) > step:
             os.remove(path)
-    with open(os.path.join(copy, "checkpoint"), "w") as f:
-        f.write(f'model_checkpoint_path: "ckpt-{step}"\n'
-                f'all_model_checkpoint_paths: "ckpt-{step}"\n')
+    tf.compat.v1.train.update_checkpoint_state(copy, os.path.join(copy, f"ckpt-{step}"))
     os.remove(os.path.join(copy, "results.json"))
     for path in glob.glob(os.path.join(copy, "example_ids", "*.txt")):
         with open(path) as f:

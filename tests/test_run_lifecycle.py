@@ -16,15 +16,10 @@ from cvrl_tf.training import job
 from cvrl_tf.training import seeds
 from cvrl_tf.training import trainer as trainer_lib
 from tests.test_bad_records import data_dir as bad_data_dir  # noqa: F401  (a fixture)
-from tests.test_train import EVALUATE, data_dir, evaluate_params, overrides  # noqa: F401
+from tests.test_train import (EVALUATE, SMALL_MODEL, data_dir,  # noqa: F401
+                              evaluate_params, overrides)
 
 pytestmark = pytest.mark.slow
-
-
-# A smaller model than the demo's (what is tested here is the run around it): about a tenth
-# less time per run.
-SMALL_MODEL = {"build_backbone.depth": 18, "build_backbone.base_filters": 4,
-               "projection_head.num_hidden": 0}
 
 
 def _pretrain(data_dir, model_dir, on_loop=None, **macros):  # noqa: F811

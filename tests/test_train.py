@@ -40,6 +40,12 @@ def data_dir(tmp_path_factory):
     return path
 
 
+# The smallest model that runs, for tests of the run around it (input, resume, stops): fewer
+# layers to trace, which is most of an in-process run's time.
+SMALL_MODEL = {"build_backbone.depth": 18, "build_backbone.base_filters": 4,
+               "projection_head.num_hidden": 0}
+
+
 def overrides(data_dir, **macros):
     """Small, memory-safe macro overrides for the demo experiment files."""
     values = {"TRAIN_DATA": repr(os.path.join(data_dir, "train-*")),
